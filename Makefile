@@ -1,0 +1,32 @@
+# Two set-up commands on a fresh machine:  `make demo`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-all lint
+
+$(STAMP): pyproject.toml constraints/pinned.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# constraints/pinned.txt pins the tested versions, torch to its CPU wheel.
+	$(PY) -m pip install -q -c constraints/pinned.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Builds the pico suite if it is missing, runs the demo spec on a local Ray, queries it.
+demo: install
+	$(VENV)/bin/ckptlab pico build
+	$(VENV)/bin/ckptlab run specs/demo.yaml
+	$(VENV)/bin/ckptlab query "SELECT model, step, round(value, 3) AS cross_entropy FROM results \
+	  WHERE metric = 'cross_entropy' AND step IN (0, 64, 500, 1000) ORDER BY model, step"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest -m "not slow"
+
+test-all: lint
+	$(VENV)/bin/pytest

@@ -1,0 +1,36 @@
+"""Where ckptlab keeps its local state.
+
+Everything defaults under ``$CKPTLAB_HOME`` (default ``~/.cache/ckptlab``):
+
+- ``hub/``          a standard Hugging Face hub cache (the pico suite is published here)
+- ``results.duckdb`` the default results database
+- ``mlflow.db`` + ``mlartifacts/`` the default MLflow tracking store
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ckptlab_home() -> Path:
+    return Path(os.environ.get("CKPTLAB_HOME", Path.home() / ".cache" / "ckptlab")).expanduser()
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache ckptlab reads checkpoints from. HF_HUB_CACHE wins when a user sets it."""
+    if "HF_HUB_CACHE" in os.environ:
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return ckptlab_home() / "hub"
+
+
+def default_db_path() -> Path:
+    return ckptlab_home() / "results.duckdb"
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{ckptlab_home() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> Path:
+    return ckptlab_home() / "mlartifacts"

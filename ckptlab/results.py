@@ -1,0 +1,329 @@
+"""The results database (DuckDB): long tidy rows keyed by content.
+
+Tables: ``runs``, ``checkpoints`` (model, revision, step -> commit sha), ``input_sets`` and
+``inputs`` (the exact token ids), ``cells`` (one analysis x params x input set on one commit,
+keyed by a content hash), ``metrics`` (a cell's values), ``failures``. The ``results`` view
+joins them into one row per value.
+
+DuckDB lets one process hold a database file for writing, and while it does nobody else can
+open it, not even read-only. So the driver, the only writer, opens the file for each unit's
+transaction and closes it at once, and readers retry briefly on a lock conflict: ``ckptlab
+query`` works while a run is going.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, spec_name VARCHAR, spec_hash VARCHAR, spec_yaml VARCHAR,
+    code_version VARCHAR, mlflow_run_id VARCHAR, status VARCHAR,
+    cells_computed INTEGER, cells_cached INTEGER, cells_failed INTEGER,
+    started_at TIMESTAMP, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    model VARCHAR, revision VARCHAR, step BIGINT, commit_sha VARCHAR,
+    suite VARCHAR, size VARCHAR, seed INTEGER, first_seen TIMESTAMP,
+    PRIMARY KEY (model, revision, commit_sha));
+CREATE TABLE IF NOT EXISTS input_sets (
+    input_set_id VARCHAR PRIMARY KEY, name VARCHAR, source VARCHAR, seed INTEGER,
+    num_sequences INTEGER, seq_len INTEGER, tokenizer_of VARCHAR);
+CREATE TABLE IF NOT EXISTS inputs (
+    input_set_id VARCHAR, seq_index INTEGER, token_ids BIGINT[],
+    PRIMARY KEY (input_set_id, seq_index));
+CREATE TABLE IF NOT EXISTS cells (
+    cell_key VARCHAR PRIMARY KEY, commit_sha VARCHAR, analysis VARCHAR,
+    analysis_version INTEGER, params_json VARCHAR, params_hash VARCHAR, input_set_id VARCHAR,
+    run_id VARCHAR, device VARCHAR, dtype VARCHAR, seconds DOUBLE, computed_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_key VARCHAR, layer INTEGER, metric VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS failures (
+    run_id VARCHAR, model VARCHAR, revision VARCHAR, step BIGINT, commit_sha VARCHAR,
+    analysis VARCHAR, input_set_id VARCHAR, error VARCHAR, failed_at TIMESTAMP);
+CREATE OR REPLACE VIEW results AS
+SELECT ch.model, ch.revision, ch.step, c.analysis, m.layer, m.metric, m.value,
+       ch.suite, ch.size, ch.seed, c.commit_sha, i.name AS input_set, c.input_set_id,
+       c.analysis_version, c.params_hash, c.params_json, c.dtype, r.spec_name, r.spec_hash,
+       c.run_id, c.cell_key, c.computed_at
+FROM metrics m
+JOIN cells c USING (cell_key)
+JOIN checkpoints ch ON ch.commit_sha = c.commit_sha
+LEFT JOIN input_sets i ON i.input_set_id = c.input_set_id
+LEFT JOIN runs r ON r.run_id = c.run_id;
+"""
+
+LOCK_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    model: str
+    revision: str
+    step: int
+    commit_sha: str
+    suite: str | None
+    size: str | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class CellRow:
+    cell_key: str
+    commit_sha: str
+    analysis: str
+    analysis_version: int
+    params_json: str
+    params_hash: str
+    input_set_id: str | None
+    device: str
+    dtype: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    cell_key: str
+    layer: int | None
+    metric: str
+    value: float
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    model: str
+    revision: str
+    step: int
+    commit_sha: str | None
+    analysis: str | None
+    input_set_id: str | None
+    error: str
+
+
+def _is_lock_conflict(err: Exception) -> bool:
+    return "lock" in str(err).lower()
+
+
+class ResultStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        config = {"enable_external_access": False} if read_only else {}
+        deadline = time.monotonic() + LOCK_WAIT_S
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only, config=config)
+            except (duckdb.IOException, duckdb.ConnectionException) as err:
+                if not _is_lock_conflict(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One short write transaction; the file is unlocked again when it ends."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._connect(read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection that cannot touch files outside the database either."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"no results database at {self.path}")
+        con = self._connect(read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def ensure_schema(self) -> None:
+        with self.transaction() as con:
+            con.execute(SCHEMA)
+
+    # ---------------------------------------------------------------------- reading
+
+    def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
+        with self.reader() as con:
+            relation = con.sql(sql, params=params) if params else con.sql(sql)
+            if relation is None:  # a statement that returns no rows
+                return pl.DataFrame()
+            return pl.from_arrow(relation.to_arrow_table())
+
+    def done_cell_keys(self, keys: list[str]) -> set[str]:
+        if not keys or not self.path.exists():
+            return set()
+        with self.reader() as con:
+            has_cells = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'cells'"
+            ).fetchone()[0]
+            if not has_cells:
+                return set()
+            rows = con.execute(
+                "SELECT cell_key FROM cells WHERE cell_key IN (SELECT unnest(?))", [keys]
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    # ---------------------------------------------------------------------- writing
+
+    def start_run(self, run_id: str, spec_name: str, spec_hash: str, spec_yaml: str, code: str):
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO runs (run_id, spec_name, spec_hash, spec_yaml, code_version, status,"
+                " started_at) VALUES (?, ?, ?, ?, ?, 'running', now())",
+                [run_id, spec_name, spec_hash, spec_yaml, code],
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        computed: int,
+        cached: int,
+        failed: int,
+        mlflow_run_id: str | None,
+    ):
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, cells_computed = ?, cells_cached = ?,"
+                " cells_failed = ?, mlflow_run_id = ?, finished_at = now() WHERE run_id = ?",
+                [status, computed, cached, failed, mlflow_run_id, run_id],
+            )
+
+    def write_input_set(self, inputs, num_sequences: int, seq_len: int) -> None:
+        """Store an input set's exact token ids (once per content id)."""
+        with self.transaction() as con:
+            exists = con.execute(
+                "SELECT count(*) FROM input_sets WHERE input_set_id = ?", [inputs.input_set_id]
+            ).fetchone()[0]
+            if exists:
+                return
+            con.execute(
+                "INSERT INTO input_sets VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    inputs.input_set_id,
+                    inputs.name,
+                    inputs.source,
+                    inputs.seed,
+                    num_sequences,
+                    seq_len,
+                    inputs.tokenizer_of,
+                ],
+            )
+            frame = pl.DataFrame(
+                {
+                    "input_set_id": [inputs.input_set_id] * len(inputs.token_ids),
+                    "seq_index": list(range(len(inputs.token_ids))),
+                    "token_ids": [row.tolist() for row in inputs.token_ids],
+                },
+                schema={
+                    "input_set_id": pl.String,
+                    "seq_index": pl.Int32,
+                    "token_ids": pl.List(pl.Int64),
+                },
+            )
+            con.register("new_inputs", frame)
+            con.execute("INSERT INTO inputs SELECT * FROM new_inputs")
+            con.unregister("new_inputs")
+
+    def write_unit(
+        self,
+        run_id: str,
+        checkpoint: CheckpointRow,
+        cells: list[CellRow],
+        metrics: list[MetricRow],
+        failures: list[FailureRow],
+    ) -> None:
+        """Everything one checkpoint produced, in one transaction: all of it or none."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, now())"
+                " ON CONFLICT DO NOTHING",
+                [
+                    checkpoint.model,
+                    checkpoint.revision,
+                    checkpoint.step,
+                    checkpoint.commit_sha,
+                    checkpoint.suite,
+                    checkpoint.size,
+                    checkpoint.seed,
+                ],
+            )
+            inserted: set[str] = set()
+            for cell in cells:
+                # A concurrent run may have stored the same cell already: keep the first.
+                inserted |= {
+                    row[0]
+                    for row in con.execute(
+                        "INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())"
+                        " ON CONFLICT DO NOTHING RETURNING cell_key",
+                        [
+                            cell.cell_key,
+                            cell.commit_sha,
+                            cell.analysis,
+                            cell.analysis_version,
+                            cell.params_json,
+                            cell.params_hash,
+                            cell.input_set_id,
+                            run_id,
+                            cell.device,
+                            cell.dtype,
+                            cell.seconds,
+                        ],
+                    ).fetchall()
+                }
+            metrics = [m for m in metrics if m.cell_key in inserted]
+            if metrics:
+                frame = pl.DataFrame(
+                    [(m.cell_key, m.layer, m.metric, m.value) for m in metrics],
+                    schema={
+                        "cell_key": pl.String,
+                        "layer": pl.Int32,
+                        "metric": pl.String,
+                        "value": pl.Float64,
+                    },
+                    orient="row",
+                )
+                con.register("new_metrics", frame)
+                con.execute("INSERT INTO metrics SELECT * FROM new_metrics")
+                con.unregister("new_metrics")
+            _insert_failures(con, run_id, failures)
+
+    def write_failures(self, run_id: str, failures: list[FailureRow]) -> None:
+        with self.transaction() as con:
+            _insert_failures(con, run_id, failures)
+
+
+def _insert_failures(con: duckdb.DuckDBPyConnection, run_id: str, failures: list[FailureRow]):
+    for f in failures:
+        con.execute(
+            "INSERT INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+            [
+                run_id,
+                f.model,
+                f.revision,
+                f.step,
+                f.commit_sha,
+                f.analysis,
+                f.input_set_id,
+                f.error,
+            ],
+        )

@@ -1,0 +1,137 @@
+"""Backends decide only WHERE units run; the runner owns the lifecycle (skip what is done, run,
+persist, mark done). Both yield (task, UnitResult or the exception that lost the unit)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from ckptlab.spec import Resources
+from orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
+
+Outcome = tuple[UnitTask, UnitResult | Exception]
+OnStart = Callable[[UnitTask], None]
+
+
+class InlineExecutor:
+    """Runs units one after another in this process (debugging, tests of the lifecycle)."""
+
+    def __init__(self, resources: Resources):
+        self.device = pick_device(resources.gpus_per_worker > 0)
+
+    def __enter__(self) -> InlineExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def run(self, tasks: list[UnitTask], on_start: OnStart = lambda t: None) -> Iterator[Outcome]:
+        for task in tasks:
+            on_start(task)
+            try:
+                yield task, run_unit(task, self.device)
+            except Exception as err:  # run_unit records its own errors; this is a bug's path
+                yield task, err
+
+
+def local_ray_environment() -> None:
+    """A local Ray started by ckptlab: no token auth (client and cluster must agree), no
+    usage stats. Set before ray is imported so both driver and the cluster see it."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class RayExecutor:
+    """One Ray actor per worker slot; each actor takes one unit (one checkpoint) at a time.
+
+    Ray restarts a worker whose process died and retries its unit (``max_retries``); an
+    exception inside a unit is recorded by the unit itself and never retried.
+    """
+
+    def __init__(self, resources: Resources, address: str | None = None):
+        self.resources = resources
+        self.address = address
+        self._started_ray = False
+
+    def __enter__(self) -> RayExecutor:
+        if self.address is None:
+            local_ray_environment()
+        import ray
+
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "HF_TOKEN") if k in os.environ}
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", **env}},
+            )
+            self._started_ray = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def worker_count(self, n_tasks: int) -> int:
+        import ray
+
+        r = self.resources
+        available = ray.cluster_resources()
+        slots = int(available.get("CPU", 1) // r.cpus_per_worker)
+        if r.gpus_per_worker > 0:
+            gpus = available.get("GPU", 0)
+            if gpus < r.gpus_per_worker:
+                raise RuntimeError(
+                    f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has {gpus} GPUs"
+                )
+            slots = min(slots, int(gpus // r.gpus_per_worker))
+        wanted = r.workers or slots
+        return max(1, min(wanted, slots, n_tasks))
+
+    def run(self, tasks: list[UnitTask], on_start: OnStart = lambda t: None) -> Iterator[Outcome]:
+        import ray
+
+        from orchestrator.ray_worker import CheckpointWorker
+
+        if not tasks:
+            return
+        r = self.resources
+        actors = [
+            CheckpointWorker.options(
+                num_cpus=r.cpus_per_worker,
+                num_gpus=r.gpus_per_worker,
+                max_restarts=r.max_retries,
+                max_task_retries=r.max_retries,
+            ).remote(threads=max(1, int(r.cpus_per_worker)), want_gpu=r.gpus_per_worker > 0)
+            for _ in range(self.worker_count(len(tasks)))
+        ]
+        queue = deque(tasks)
+        in_flight = {}
+
+        def submit(actor) -> None:
+            task = queue.popleft()
+            on_start(task)
+            in_flight[actor.run.remote(task)] = (actor, task)
+
+        try:
+            for actor in actors:
+                if queue:
+                    submit(actor)
+            while in_flight:
+                [ready], _ = ray.wait(list(in_flight), num_returns=1)
+                actor, task = in_flight.pop(ready)
+                try:
+                    yield task, ray.get(ready)
+                except Exception as err:  # the worker died beyond its retries
+                    yield task, err
+                if queue:
+                    submit(actor)
+        finally:
+            for actor in actors:
+                ray.kill(actor)

@@ -1,0 +1,78 @@
+"""ONE forward pass over one input set, capturing only what the requested analyses need."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from analyses.capture import Capture
+from analyses.registry import Need
+
+# Where common causal-LM families keep the final norm, on their base model.
+_FINAL_NORM_NAMES = ("final_layer_norm", "norm", "ln_f", "final_norm")
+
+
+def final_norm_module(model) -> torch.nn.Module:
+    base = model.base_model
+    for name in _FINAL_NORM_NAMES:
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise RuntimeError(f"{type(model).__name__}: cannot find the final norm module")
+
+
+@torch.inference_mode()
+def capture_forward(
+    model,
+    token_ids: torch.Tensor | None,  # [seq, pos] int64, or None when nothing needs a forward pass
+    needs: set[Need],
+    batch_size: int,
+    tokenizer_vocab_size: int | None,
+) -> Capture:
+    capture = Capture(tokenizer_vocab_size=tokenizer_vocab_size)
+    head = model.get_output_embeddings()
+    if Need.LM_HEAD in needs:
+        capture.lm_head_weight = head.weight.detach()  # [d_vocab_padded, d_model]
+    if token_ids is None or not needs & {Need.HIDDEN_STATES, Need.PRE_FINAL_NORM, Need.TOKEN_NLL}:
+        return capture
+
+    device = head.weight.device
+    want_hidden = Need.HIDDEN_STATES in needs
+    hidden_batches: list[tuple[torch.Tensor, ...]] = []
+    pre_norm_batches: list[torch.Tensor] = []
+    nll_batches: list[torch.Tensor] = []
+
+    hook = None
+    if Need.PRE_FINAL_NORM in needs:
+        # The final norm's input is the last block's output before the norm.
+        hook = final_norm_module(model).register_forward_pre_hook(
+            lambda _module, args: pre_norm_batches.append(args[0].detach())
+        )
+    try:
+        for start in range(0, token_ids.shape[0], batch_size):
+            batch = token_ids[start : start + batch_size].to(device)  # [b, pos]
+            out = model.base_model(input_ids=batch, output_hidden_states=want_hidden)
+            if want_hidden:
+                hidden_batches.append(tuple(h.detach() for h in out.hidden_states))
+            if Need.TOKEN_NLL in needs:
+                logits = head(out.last_hidden_state).float()  # [b, pos, vocab], log-softmax in fp32
+                nll = F.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]),
+                    batch[:, 1:].reshape(-1),
+                    reduction="none",
+                )
+                nll_batches.append(nll.view(batch.shape[0], -1))  # [b, pos - 1]
+    finally:
+        if hook is not None:
+            hook.remove()
+
+    if want_hidden:
+        n_layers = len(hidden_batches[0])
+        capture.hidden_states = tuple(
+            torch.cat([b[k] for b in hidden_batches]) for k in range(n_layers)
+        )
+    if pre_norm_batches:
+        capture.pre_final_norm = torch.cat(pre_norm_batches)
+    if nll_batches:
+        capture.token_nll = torch.cat(nll_batches)
+    return capture

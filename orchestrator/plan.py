@@ -1,0 +1,224 @@
+"""Expand a spec into checkpoint-major work units and content-keyed cells.
+
+A unit is one checkpoint: loaded once, one forward pass per input set, every analysis on it.
+A cell is one (commit sha, analysis, version, params, input set) and its key is a hash of
+exactly those, so a rerun finds what is already stored and a changed parameter invalidates only
+the cells of that analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analyses.registry import AnalysisDef, get_analysis
+from ckptlab.catalog import SUITES
+from ckptlab.hub import CheckpointError, local_checkpoint, resolve_commits
+from ckptlab.inputs import MaterializedInputSet, materialize
+from ckptlab.spec import HubModels, LocalModels, Spec, SuiteModels, select_steps, step_from_revision
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    model: str  # hub repo id, or the local directory
+    revision: str
+    step: int
+    source: str  # "hub" or "local"
+    local_only: bool  # never ask the network (pico lives only in the local hub cache)
+    suite: str | None = None
+    size: str | None = None
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.revision}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    analysis: str
+    label: str  # the spec's name for this analysis entry (MLflow keys)
+    version: int
+    params_json: str
+    params_hash: str
+    input_set: str | None  # name in the spec; None for weight-only analyses
+    input_set_id: str | None
+
+
+@dataclass
+class Unit:
+    checkpoint: CheckpointRef
+    commit: str | None  # None when the revision could not be resolved
+    error: str | None = None
+    cells: list[Cell] = field(default_factory=list)  # every cell the spec asks for
+    missing: list[Cell] = field(default_factory=list)  # those not yet in the results DB
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    units: list[Unit]
+    input_sets: dict[str, dict[str, MaterializedInputSet]]  # model -> input set name -> tokens
+
+    @property
+    def total_cells(self) -> int:
+        return sum(len(u.cells) for u in self.units)
+
+    @property
+    def missing_cells(self) -> int:
+        return sum(len(u.missing) for u in self.units)
+
+    @property
+    def todo(self) -> list[Unit]:
+        return [u for u in self.units if u.missing or u.error]
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cell_key(commit: str, definition: AnalysisDef, params_json: str, input_set_id: str | None):
+    return sha256_hex(
+        canonical_json([commit, definition.name, definition.version, params_json, input_set_id])
+    )
+
+
+def expand_checkpoints(spec: Spec) -> list[CheckpointRef]:
+    refs: list[CheckpointRef] = []
+    for source in spec.models:
+        if isinstance(source, SuiteModels):
+            suite = SUITES[source.suite]
+            steps = select_steps(source.steps, list(suite.schedule), "steps")
+            for size in source.sizes:
+                for seed in source.seeds:
+                    repo = suite.repo_id(size, seed, source.deduped)
+                    refs += [
+                        CheckpointRef(
+                            repo,
+                            suite.revision(step),
+                            step,
+                            "hub",
+                            local_only=suite.name == "pico",
+                            suite=suite.name,
+                            size=size,
+                            seed=seed,
+                        )
+                        for step in steps
+                    ]
+        elif isinstance(source, HubModels):
+            for rev in source.revisions:
+                step = step_from_revision(rev, source.step_pattern, "revisions")
+                refs.append(CheckpointRef(source.repo, rev, step, "hub", local_only=False))
+        else:
+            refs += _local_checkpoints(source)
+    # The same checkpoint listed twice is one unit.
+    return list(dict.fromkeys(refs))
+
+
+def _local_checkpoints(source: LocalModels) -> list[CheckpointRef]:
+    root = source.path.resolve()
+    if source.revisions == "all":
+        revisions = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+    else:
+        revisions = list(source.revisions)
+    refs = [
+        CheckpointRef(
+            str(root),
+            rev,
+            step_from_revision(rev, source.step_pattern, "revisions"),
+            "local",
+            local_only=True,
+        )
+        for rev in revisions
+    ]
+    return sorted(refs, key=lambda r: r.step)
+
+
+def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str | CheckpointError]:
+    """Commit sha of every checkpoint (the content hash of the folder for local ones)."""
+    resolved: dict[CheckpointRef, str | CheckpointError] = {}
+    by_repo: dict[tuple[str, bool], list[CheckpointRef]] = {}
+    for ref in refs:
+        if ref.source == "local":
+            try:
+                resolved[ref] = local_checkpoint(Path(ref.model), ref.revision)[1]
+            except CheckpointError as err:
+                resolved[ref] = err
+        else:
+            by_repo.setdefault((ref.model, ref.local_only), []).append(ref)
+    for (repo, local_only), repo_refs in by_repo.items():
+        commits = resolve_commits(
+            repo, [r.revision for r in repo_refs], hub_dir, local_only=local_only
+        )
+        resolved.update({r: commits[r.revision] for r in repo_refs})
+    return resolved
+
+
+def tokenizer_folder(ref: CheckpointRef, hub_dir: Path, trust_remote_code: bool) -> Path:
+    from ckptlab.hub import fetch_snapshot
+
+    if ref.source == "local":
+        return Path(ref.model) / ref.revision
+    return fetch_snapshot(ref.model, ref.revision, hub_dir, local_only=ref.local_only)[0]
+
+
+def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
+    """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
+    cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
+    from ckptlab.hub import load_tokenizer
+
+    refs = expand_checkpoints(spec)
+    commits = resolve(refs, hub_dir)
+    definitions = {entry.key: get_analysis(entry.name) for entry in spec.analyses}
+    input_sets: dict[str, dict[str, MaterializedInputSet]] = {}
+    units: list[Unit] = []
+
+    for ref in refs:
+        commit = commits[ref]
+        if isinstance(commit, CheckpointError):
+            units.append(Unit(ref, None, error=str(commit)))
+            continue
+        if ref.model not in input_sets and spec.input_sets:
+            # Tokenized once per model with the tokenizer of its first resolvable checkpoint.
+            folder = tokenizer_folder(ref, hub_dir, spec.loading.trust_remote_code)
+            tokenizer = load_tokenizer(folder, trust_remote_code=spec.loading.trust_remote_code)
+            input_sets[ref.model] = {
+                s.name: materialize(s, tokenizer, tokenizer_of=ref.model) for s in spec.input_sets
+            }
+        unit = Unit(ref, commit)
+        for entry in spec.analyses:
+            definition = definitions[entry.key]
+            params = definition.params_model.model_validate(entry.params)
+            params_json = canonical_json(params.model_dump(mode="json"))
+            targets = (
+                [(s.name, input_sets[ref.model][s.name].input_set_id) for s in spec.input_sets]
+                if definition.needs_forward_pass
+                else [(None, None)]
+            )
+            for name, input_set_id in targets:
+                key = cell_key(commit, definition, params_json, input_set_id)
+                unit.cells.append(
+                    Cell(
+                        key,
+                        definition.name,
+                        entry.key,
+                        definition.version,
+                        params_json,
+                        sha256_hex(params_json)[:16],
+                        name,
+                        input_set_id,
+                    )
+                )
+        units.append(unit)
+
+    done = done_keys([c.key for u in units for c in u.cells])
+    for unit in units:
+        unit.missing = [c for c in unit.cells if c.key not in done]
+    return Plan(spec, units, input_sets)

@@ -1,0 +1,261 @@
+"""The driver: owns each unit's lifecycle and is the only writer of results.
+
+plan (skip cells already stored) -> run units on an executor -> persist each unit's rows in one
+transaction (its cell rows mark it done) -> log to MLflow -> summary.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+import ckptlab
+from ckptlab.lineage import Lineage
+from ckptlab.results import CheckpointRow, FailureRow, ResultStore
+from ckptlab.spec import Spec
+from orchestrator.plan import Plan, Unit, build_plan
+from orchestrator.worker import UnitResult, UnitTask
+
+
+@dataclass
+class RunSummary:
+    run_id: str | None
+    checkpoints: int
+    checkpoints_run: int
+    cells_total: int
+    cells_cached: int
+    cells_computed: int = 0
+    cells_failed: int = 0
+    metric_rows: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    mlflow_run_id: str | None = None
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.run_id is None
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{ckptlab.__version__}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return ckptlab.__version__
+
+
+def make_plan(spec: Spec, db_path: Path, hub_dir: Path) -> Plan:
+    return build_plan(spec, hub_dir, ResultStore(db_path).done_cell_keys)
+
+
+def _task(unit: Unit, plan: Plan, hub_dir: Path) -> UnitTask:
+    spec = plan.spec
+    tokens = plan.input_sets.get(unit.checkpoint.model, {})
+    wanted = {c.input_set for c in unit.missing if c.input_set}
+    return UnitTask(
+        checkpoint=unit.checkpoint,
+        commit=unit.commit,
+        cells=unit.missing,
+        token_ids={name: tokens[name].token_ids for name in wanted},
+        hub_dir=hub_dir,
+        dtype=spec.resources.dtype,
+        batch_size=spec.resources.batch_size,
+        trust_remote_code=spec.loading.trust_remote_code,
+        allow_pickle=spec.loading.allow_pickle_weights,
+    )
+
+
+def _checkpoint_row(unit: Unit) -> CheckpointRow:
+    ref = unit.checkpoint
+    return CheckpointRow(
+        ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed
+    )
+
+
+def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
+    ref = task.checkpoint
+    message = f"worker: {type(err).__name__}: {err}".replace("\n", " ")[:2000]
+    result = UnitResult(ref, task.commit)
+    result.failures = [
+        FailureRow(
+            ref.model, ref.revision, ref.step, task.commit, c.analysis, c.input_set_id, message
+        )
+        for c in task.cells
+    ]
+    return result
+
+
+def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
+    """Stored values of the plan's already-done cells, so each MLflow run shows whole curves."""
+    done = [c.key for u in plan.units for c in u.cells if c not in u.missing]
+    if not done:
+        return {}
+    frame = store.query(
+        "SELECT cell_key, layer, metric, value FROM metrics WHERE cell_key IN (SELECT unnest(?))",
+        [done],
+    )
+    values: dict[str, list[tuple]] = {}
+    for key, layer, metric, value in frame.iter_rows():
+        values.setdefault(key, []).append((metric, layer, value))
+    return values
+
+
+def run_plan(
+    plan: Plan,
+    spec_text: str,
+    db_path: Path,
+    tracking_uri: str,
+    hub_dir: Path,
+    executor,
+    console: Console | None = None,
+) -> RunSummary:
+    console = console or Console()
+    started = time.perf_counter()
+    spec = plan.spec
+    summary = RunSummary(
+        run_id=None,
+        checkpoints=len(plan.units),
+        checkpoints_run=len(plan.todo),
+        cells_total=plan.total_cells,
+        cells_cached=plan.total_cells - plan.missing_cells,
+    )
+    if not plan.todo:
+        return summary
+
+    store = ResultStore(db_path)
+    store.ensure_schema()
+    summary.run_id = run_id = uuid.uuid4().hex
+    code = code_version()
+    store.start_run(run_id, spec.name, spec.spec_hash(), spec_text, code)
+    configs = {s.name: s for s in spec.input_sets}
+    for sets in plan.input_sets.values():
+        for name, materialized in sets.items():
+            config = configs[name]
+            store.write_input_set(materialized, config.num_sequences, config.seq_len)
+
+    lineage = Lineage(tracking_uri, spec, spec_text, run_id, code)
+    summary.mlflow_run_id = lineage.start()
+    cached = _cached_values(store, plan)
+    cells_by_key = {c.key: c for u in plan.units for c in u.cells}
+
+    def log(unit: Unit, keyed_values: dict[str, list[tuple]]) -> None:
+        rows = []
+        for key, values in keyed_values.items():
+            cell = cells_by_key[key]
+            rows += [
+                (cell.label, cell.analysis, metric, layer, cell.input_set, value)
+                for metric, layer, value in values
+            ]
+        if rows:
+            lineage.log_checkpoint(unit.checkpoint, unit.commit, rows)
+
+    for unit in plan.units:
+        done_here = {c.key: cached[c.key] for c in unit.cells if c.key in cached}
+        if done_here:
+            log(unit, done_here)
+
+    units = {u.checkpoint: u for u in plan.todo}
+    unresolved = [u for u in plan.todo if u.commit is None]
+    for unit in unresolved:
+        ref = unit.checkpoint
+        summary.failures.append(f"{ref.label}: {unit.error}")
+        store.write_failures(
+            run_id,
+            [
+                FailureRow(
+                    ref.model, ref.revision, ref.step, None, None, None, unit.error or "unresolved"
+                )
+            ],
+        )
+
+    tasks = [_task(u, plan, hub_dir) for u in plan.todo if u.commit is not None]
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress, executor:
+        overall = progress.add_task(f"[bold]{spec.name}: checkpoints", total=len(tasks))
+        bars: dict = {}
+
+        def on_start(task: UnitTask) -> None:
+            bars[task.checkpoint] = progress.add_task(
+                f"  {task.checkpoint.label}", total=len(task.cells)
+            )
+
+        for task, outcome in executor.run(tasks, on_start=on_start):
+            result = outcome if isinstance(outcome, UnitResult) else _lost_unit(task, outcome)
+            unit = units[task.checkpoint]
+            store.write_unit(
+                run_id, _checkpoint_row(unit), result.cells, result.metrics, result.failures
+            )
+            values: dict[str, list[tuple]] = {}
+            for m in result.metrics:
+                values.setdefault(m.cell_key, []).append((m.metric, m.layer, m.value))
+            log(unit, values)
+
+            summary.cells_computed += len(result.cells)
+            summary.cells_failed += len(result.failures)
+            summary.metric_rows += len(result.metrics)
+            progress.update(bars[task.checkpoint], completed=len(result.cells))
+            progress.remove_task(bars.pop(task.checkpoint))
+            progress.advance(overall)
+            status = "[green]ok" if not result.failures else f"[red]{len(result.failures)} failed"
+            progress.console.print(
+                f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells, "
+                f"{result.seconds:.2f}s on {result.device} {status}"
+            )
+            for failure in result.failures:
+                summary.failures.append(
+                    f"{task.checkpoint.label} {failure.analysis}: {failure.error}"
+                )
+
+    summary.cells_failed += sum(len(u.missing) for u in unresolved)
+    counts = {
+        "cells_computed": summary.cells_computed,
+        "cells_cached": summary.cells_cached,
+        "cells_failed": summary.cells_failed,
+    }
+    status = "FINISHED" if not summary.cells_failed else "FAILED"
+    lineage.finish(status, counts)
+    store.finish_run(
+        run_id,
+        status.lower(),
+        summary.cells_computed,
+        summary.cells_cached,
+        summary.cells_failed,
+        summary.mlflow_run_id,
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,135 @@
+"""What runs where a unit runs: load the checkpoint once, one forward pass per input set, every
+analysis on it. Plain functions, so the Ray actor and the inline executor share them."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analyses.registry import get_analysis
+from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer, local_checkpoint
+from ckptlab.results import CellRow, FailureRow, MetricRow
+from orchestrator.forward import capture_forward
+from orchestrator.plan import Cell, CheckpointRef
+
+
+@dataclass
+class UnitTask:
+    checkpoint: CheckpointRef
+    commit: str
+    cells: list[Cell]
+    token_ids: dict[str, np.ndarray]  # input set name -> [seq, pos]
+    hub_dir: Path
+    dtype: str
+    batch_size: int
+    trust_remote_code: bool
+    allow_pickle: bool
+
+
+@dataclass
+class UnitResult:
+    checkpoint: CheckpointRef
+    commit: str
+    cells: list[CellRow] = field(default_factory=list)
+    metrics: list[MetricRow] = field(default_factory=list)
+    failures: list[FailureRow] = field(default_factory=list)
+    load_seconds: float = 0.0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def pick_device(want_gpu: bool) -> str:
+    return "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
+
+
+def _one_line(err: BaseException) -> str:
+    last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    where = f" ({Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+    return f"{type(err).__name__}: {err}{where}".replace("\n", " ")[:2000]
+
+
+def run_unit(task: UnitTask, device: str) -> UnitResult:
+    ref = task.checkpoint
+    result = UnitResult(ref, task.commit, device=device)
+    started = time.perf_counter()
+
+    def fail(cells: list[Cell], error: str) -> None:
+        result.failures += [
+            FailureRow(
+                ref.model, ref.revision, ref.step, task.commit, c.analysis, c.input_set_id, error
+            )
+            for c in cells
+        ]
+
+    try:
+        if ref.source == "local":
+            folder, commit = local_checkpoint(Path(ref.model), ref.revision)
+        else:
+            folder, commit = fetch_snapshot(
+                ref.model,
+                ref.revision,
+                task.hub_dir,
+                local_only=ref.local_only,
+                allow_pickle=task.allow_pickle,
+            )
+        if commit != task.commit:
+            raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
+        model = load_model(
+            folder,
+            task.dtype,
+            device,
+            trust_remote_code=task.trust_remote_code,
+            allow_pickle=task.allow_pickle,
+        )
+        vocab_size = len(load_tokenizer(folder, trust_remote_code=task.trust_remote_code))
+    except Exception as err:
+        fail(task.cells, f"load: {_one_line(err)}")
+        result.seconds = time.perf_counter() - started
+        return result
+    result.load_seconds = time.perf_counter() - started
+
+    # Group cells by input set: one capture (one forward pass) per group.
+    groups: dict[str | None, list[Cell]] = {}
+    for cell in task.cells:
+        groups.setdefault(cell.input_set, []).append(cell)
+    for input_set, cells in groups.items():
+        definitions = {c.key: get_analysis(c.analysis) for c in cells}
+        needs = set().union(*(d.needs for d in definitions.values()))
+        tokens = torch.from_numpy(task.token_ids[input_set]) if input_set is not None else None
+        try:
+            capture = capture_forward(model, tokens, needs, task.batch_size, vocab_size)
+        except Exception as err:
+            fail(cells, f"forward: {_one_line(err)}")
+            continue
+        for cell in cells:
+            definition = definitions[cell.key]
+            cell_started = time.perf_counter()
+            try:
+                params = definition.params_model.model_validate_json(cell.params_json)
+                values = definition.run(capture, params)
+            except Exception as err:
+                fail([cell], f"{cell.analysis}: {_one_line(err)}")
+                continue
+            result.cells.append(
+                CellRow(
+                    cell.key,
+                    task.commit,
+                    cell.analysis,
+                    cell.version,
+                    cell.params_json,
+                    cell.params_hash,
+                    cell.input_set_id,
+                    device,
+                    task.dtype,
+                    time.perf_counter() - cell_started,
+                )
+            )
+            result.metrics += [MetricRow(cell.key, v.layer, v.metric, v.value) for v in values]
+        del capture
+    result.seconds = time.perf_counter() - started
+    return result
