@@ -38,7 +38,7 @@ class CheckpointRef:
 
 @dataclass(frozen=True)
 class Cell:
-    key: str
+    key: str | None  # None when the checkpoint could not be resolved to a commit
     analysis: str
     label: str  # the spec's name for this analysis entry (MLflow keys)
     version: int
@@ -73,7 +73,7 @@ class Plan:
 
     @property
     def todo(self) -> list[Unit]:
-        return [u for u in self.units if u.missing or u.error]
+        return [u for u in self.units if u.missing]
 
 
 def canonical_json(value) -> str:
@@ -161,7 +161,7 @@ def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str
     return resolved
 
 
-def tokenizer_folder(ref: CheckpointRef, hub_dir: Path, trust_remote_code: bool) -> Path:
+def tokenizer_folder(ref: CheckpointRef, hub_dir: Path) -> Path:
     from ckptlab.hub import fetch_snapshot
 
     if ref.source == "local":
@@ -182,31 +182,33 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
 
     for ref in refs:
         commit = commits[ref]
-        if isinstance(commit, CheckpointError):
-            units.append(Unit(ref, None, error=str(commit)))
-            continue
-        if ref.model not in input_sets and spec.input_sets:
+        unit = Unit(ref, None if isinstance(commit, CheckpointError) else commit)
+        if unit.commit is None:
+            unit.error = str(commit)
+        elif ref.model not in input_sets and spec.input_sets:
             # Tokenized once per model with the tokenizer of its first resolvable checkpoint.
-            folder = tokenizer_folder(ref, hub_dir, spec.loading.trust_remote_code)
+            folder = tokenizer_folder(ref, hub_dir)
             tokenizer = load_tokenizer(folder, trust_remote_code=spec.loading.trust_remote_code)
             input_sets[ref.model] = {
                 s.name: materialize(s, tokenizer, tokenizer_of=ref.model) for s in spec.input_sets
             }
-        unit = Unit(ref, commit)
         for entry in spec.analyses:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)
             params_json = canonical_json(params.model_dump(mode="json"))
-            targets = (
-                [(s.name, input_sets[ref.model][s.name].input_set_id) for s in spec.input_sets]
-                if definition.needs_forward_pass
-                else [(None, None)]
-            )
+            targets: list[tuple[str | None, str | None]] = [(None, None)]
+            if definition.needs_forward_pass:
+                materialized = input_sets.get(ref.model, {})
+                targets = [
+                    (s.name, materialized[s.name].input_set_id if materialized else None)
+                    for s in spec.input_sets
+                ]
             for name, input_set_id in targets:
-                key = cell_key(commit, definition, params_json, input_set_id)
+                # An unresolved checkpoint has no content key: its cells can only fail.
+                key = cell_key(unit.commit, definition, params_json, input_set_id)
                 unit.cells.append(
                     Cell(
-                        key,
+                        key if unit.commit else None,
                         definition.name,
                         entry.key,
                         definition.version,
@@ -218,7 +220,7 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                 )
         units.append(unit)
 
-    done = done_keys([c.key for u in units for c in u.cells])
+    done = done_keys([c.key for u in units for c in u.cells if c.key])
     for unit in units:
-        unit.missing = [c for c in unit.cells if c.key not in done]
+        unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
     return Plan(spec, units, input_sets)

@@ -191,10 +191,18 @@ def run_plan(
             run_id,
             [
                 FailureRow(
-                    ref.model, ref.revision, ref.step, None, None, None, unit.error or "unresolved"
+                    ref.model,
+                    ref.revision,
+                    ref.step,
+                    None,
+                    c.analysis,
+                    c.input_set_id,
+                    f"resolve: {unit.error}",
                 )
+                for c in unit.missing
             ],
         )
+        summary.cells_failed += len(unit.missing)
 
     tasks = [_task(u, plan, hub_dir) for u in plan.todo if u.commit is not None]
     progress = Progress(
@@ -241,7 +249,6 @@ def run_plan(
                     f"{task.checkpoint.label} {failure.analysis}: {failure.error}"
                 )
 
-    summary.cells_failed += sum(len(u.missing) for u in unresolved)
     counts = {
         "cells_computed": summary.cells_computed,
         "cells_cached": summary.cells_cached,
