@@ -19,6 +19,8 @@ _BAD_KEY_CHARS = re.compile(r"[^\w\-./ ]")
 def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    import mlflow  # noqa: F401  -- mlflow configures its logger on import; quiet it after
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 

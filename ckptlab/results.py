@@ -16,11 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,50 +61,6 @@ LEFT JOIN runs r ON r.run_id = c.run_id;
 """
 
 LOCK_WAIT_S = 60.0
-
-
-@dataclass(frozen=True)
-class CheckpointRow:
-    model: str
-    revision: str
-    step: int
-    commit_sha: str
-    suite: str | None
-    size: str | None
-    seed: int | None
-
-
-@dataclass(frozen=True)
-class CellRow:
-    cell_key: str
-    commit_sha: str
-    analysis: str
-    analysis_version: int
-    params_json: str
-    params_hash: str
-    input_set_id: str | None
-    device: str
-    dtype: str
-    seconds: float
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    cell_key: str
-    layer: int | None
-    metric: str
-    value: float
-
-
-@dataclass(frozen=True)
-class FailureRow:
-    model: str
-    revision: str
-    step: int
-    commit_sha: str | None
-    analysis: str | None
-    input_set_id: str | None
-    error: str
 
 
 def _is_lock_conflict(err: Exception) -> bool:

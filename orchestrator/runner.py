@@ -24,7 +24,8 @@ from rich.progress import (
 
 import ckptlab
 from ckptlab.lineage import Lineage
-from ckptlab.results import CheckpointRow, FailureRow, ResultStore
+from ckptlab.results import ResultStore
+from ckptlab.rows import CheckpointRow, FailureRow
 from ckptlab.spec import Spec
 from orchestrator.plan import Plan, Unit, build_plan
 from orchestrator.worker import UnitResult, UnitTask

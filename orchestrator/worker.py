@@ -13,7 +13,7 @@ import torch
 
 from analyses.registry import get_analysis
 from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer, local_checkpoint
-from ckptlab.results import CellRow, FailureRow, MetricRow
+from ckptlab.rows import CellRow, FailureRow, MetricRow
 from orchestrator.forward import capture_forward
 from orchestrator.plan import Cell, CheckpointRef
 

@@ -92,7 +92,8 @@ def test_query_is_read_only(cli_run):
 WRITER = textwrap.dedent(
     """
     import sys
-    from ckptlab.results import CellRow, CheckpointRow, MetricRow, ResultStore
+    from ckptlab.results import ResultStore
+    from ckptlab.rows import CellRow, CheckpointRow, MetricRow
     store = ResultStore(sys.argv[1])
     ck = CheckpointRow("m", "step1", 1, "sha", None, None, None)
     for i in range(int(sys.argv[2])):

@@ -1,0 +1,50 @@
+"""The records a unit produces. Plain dataclasses: workers build them without DuckDB, the
+driver (the only writer) stores them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    model: str
+    revision: str
+    step: int
+    commit_sha: str
+    suite: str | None
+    size: str | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class CellRow:
+    cell_key: str
+    commit_sha: str
+    analysis: str
+    analysis_version: int
+    params_json: str
+    params_hash: str
+    input_set_id: str | None
+    device: str
+    dtype: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    cell_key: str
+    layer: int | None
+    metric: str
+    value: float
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    model: str
+    revision: str
+    step: int
+    commit_sha: str | None
+    analysis: str | None
+    input_set_id: str | None
+    error: str
