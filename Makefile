@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all lint
+.PHONY: install demo test test-fast lint
 
 $(STAMP): pyproject.toml constraints/pinned.txt
 	python3 -m venv $(VENV)
@@ -25,8 +25,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Everything, slow tests included (~3 min on 2 cores once installed). CI runs exactly this.
 test: lint
-	$(VENV)/bin/pytest -m "not slow"
-
-test-all: lint
 	$(VENV)/bin/pytest
+
+# Quick iteration: skips tests marked slow (e.g. the one that starts a `ray start` cluster).
+test-fast: lint
+	$(VENV)/bin/pytest -m "not slow"

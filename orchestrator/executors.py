@@ -61,9 +61,13 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "HF_TOKEN") if k in os.environ}
+            # Tokens are not forwarded: a runtime env is visible in Ray's state API. Local
+            # workers inherit this process' environment; cluster nodes need their own HF_TOKEN.
+            env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
             ray.init(
-                address=self.address,
+                # "local" always starts a private instance; None would silently attach to any
+                # cluster that `ray start` left running on this machine.
+                address=self.address or "local",
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
