@@ -117,7 +117,12 @@ def run(
     ] = Executor.ray,
 ) -> None:
     """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow."""
-    from orchestrator.executors import InlineExecutor, RayExecutor, local_ray_environment
+    from orchestrator.executors import (
+        InlineExecutor,
+        RayExecutor,
+        ResourceError,
+        local_ray_environment,
+    )
     from orchestrator.runner import make_plan, run_plan
 
     spec, text = _load(spec_path)
@@ -136,9 +141,18 @@ def run(
         if executor == Executor.ray
         else InlineExecutor(spec.resources)
     )
-    summary = run_plan(
-        the_plan, text, db_path, _tracking(spec, tracking_uri), hub_cache_dir(), backend, console
-    )
+    try:
+        summary = run_plan(
+            the_plan,
+            text,
+            db_path,
+            _tracking(spec, tracking_uri),
+            hub_cache_dir(),
+            backend,
+            console,
+        )
+    except ResourceError as err:
+        raise _fail(str(err), 1) from None
 
     table = Table(title=f"{spec.name}: run {summary.run_id[:8]}", show_header=False)
     table.add_row("checkpoints", f"{summary.checkpoints} ({summary.checkpoints_run} with work)")

@@ -324,6 +324,7 @@ def _check_semantics(spec: Spec) -> None:
 
     known = registered_analyses()
     keys: list[str] = []
+    configurations: dict[str, int] = {}  # (name, params) -> first entry: same config = same cells
     for i, entry in enumerate(spec.analyses):
         where = f"analyses[{i}]"
         if entry.name not in known:
@@ -333,10 +334,15 @@ def _check_semantics(spec: Spec) -> None:
             )
         definition = known[entry.name]
         try:
-            definition.params_model.model_validate(entry.params)
+            params = definition.params_model.model_validate(entry.params)
         except ValidationError as err:
             inner = _first_error(err)
             raise SpecError(f"{where}.params.{inner.path}".rstrip("."), inner.message) from None
+        configuration = json.dumps([entry.name, params.model_dump(mode="json")], sort_keys=True)
+        if configuration in configurations:
+            first = configurations[configuration]
+            raise SpecError(where, f"same analysis and params as analyses[{first}]")
+        configurations[configuration] = i
         if entry.key in keys:
             raise SpecError(where, f"duplicate analysis {entry.key!r}; give each a unique label")
         keys.append(entry.key)

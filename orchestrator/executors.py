@@ -27,6 +27,9 @@ class InlineExecutor:
     def __exit__(self, *exc) -> None:
         return None
 
+    def prepare(self, n_tasks: int) -> None:
+        return None
+
     def run(self, tasks: list[UnitTask], on_start: OnStart = lambda t: None) -> Iterator[Outcome]:
         for task in tasks:
             on_start(task)
@@ -41,6 +44,10 @@ def local_ray_environment() -> None:
     usage stats. Set before ray is imported so both driver and the cluster see it."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot give what the spec's resources ask for."""
 
 
 class RayExecutor:
@@ -82,6 +89,9 @@ class RayExecutor:
 
             ray.shutdown()
 
+    def prepare(self, n_tasks: int) -> None:
+        self.n_workers = self.worker_count(n_tasks)
+
     def worker_count(self, n_tasks: int) -> int:
         import ray
 
@@ -91,7 +101,7 @@ class RayExecutor:
         if r.gpus_per_worker > 0:
             gpus = available.get("GPU", 0)
             if gpus < r.gpus_per_worker:
-                raise RuntimeError(
+                raise ResourceError(
                     f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has {gpus} GPUs"
                 )
             slots = min(slots, int(gpus // r.gpus_per_worker))
@@ -113,7 +123,7 @@ class RayExecutor:
                 max_restarts=r.max_retries,
                 max_task_retries=r.max_retries,
             ).remote(threads=max(1, int(r.cpus_per_worker)), want_gpu=r.gpus_per_worker > 0)
-            for _ in range(self.worker_count(len(tasks)))
+            for _ in range(self.n_workers)
         ]
         queue = deque(tasks)
         in_flight = {}

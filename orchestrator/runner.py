@@ -116,7 +116,12 @@ def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
 
 def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
     """Stored values of the plan's already-done cells, so each MLflow run shows whole curves."""
-    done = [c.key for u in plan.units for c in u.cells if c not in u.missing]
+    done = [
+        c.key
+        for u in plan.units
+        for c in u.cells
+        if c.key and c.key not in {m.key for m in u.missing}
+    ]
     if not done:
         return {}
     frame = store.query(
@@ -129,6 +134,100 @@ def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
     return values
 
 
+class _Lifecycle:
+    """One ``ckptlab run``: the driver's view. Owns the results DB (single writer) and the
+    MLflow runs; executors only hand back results."""
+
+    def __init__(self, plan: Plan, spec_text: str, db_path: Path, tracking_uri: str):
+        self.plan = plan
+        self.spec = plan.spec
+        self.store = ResultStore(db_path)
+        self.store.ensure_schema()
+        self.run_id = uuid.uuid4().hex
+        code = code_version()
+        self.store.start_run(self.run_id, self.spec.name, self.spec.spec_hash(), spec_text, code)
+        configs = {s.name: s for s in self.spec.input_sets}
+        for sets in plan.input_sets.values():
+            for name, materialized in sets.items():
+                config = configs[name]
+                self.store.write_input_set(materialized, config.num_sequences, config.seq_len)
+        self.lineage = Lineage(tracking_uri, self.spec, spec_text, self.run_id, code)
+        self.mlflow_run_id = self.lineage.start()
+        self.cells_by_key = {c.key: c for u in plan.units for c in u.cells if c.key}
+
+    def log(self, unit: Unit, keyed_values: dict[str, list[tuple]]) -> None:
+        rows = []
+        for key, values in keyed_values.items():
+            cell = self.cells_by_key[key]
+            rows += [
+                (cell.label, cell.analysis, metric, layer, cell.input_set, value)
+                for metric, layer, value in values
+            ]
+        if rows:
+            self.lineage.log_checkpoint(unit.checkpoint, unit.commit, rows)
+
+    def log_cached(self) -> None:
+        cached = _cached_values(self.store, self.plan)
+        for unit in self.plan.units:
+            done_here = {c.key: cached[c.key] for c in unit.cells if c.key in cached}
+            if done_here:
+                self.log(unit, done_here)
+
+    def record_unresolved(self, unit: Unit) -> int:
+        ref = unit.checkpoint
+        failures = [
+            FailureRow(
+                ref.model,
+                ref.revision,
+                ref.step,
+                None,
+                c.analysis,
+                c.input_set_id,
+                f"resolve: {unit.error}",
+            )
+            for c in unit.missing
+        ]
+        self.store.write_failures(self.run_id, failures)
+        return len(failures)
+
+    def persist(self, unit: Unit, result: UnitResult) -> None:
+        """Everything the unit produced in one transaction; its cell rows mark it done."""
+        self.store.write_unit(
+            self.run_id, _checkpoint_row(unit), result.cells, result.metrics, result.failures
+        )
+        values: dict[str, list[tuple]] = {}
+        for m in result.metrics:
+            values.setdefault(m.cell_key, []).append((m.metric, m.layer, m.value))
+        self.log(unit, values)
+
+    def finish(self, status: str, summary: RunSummary) -> None:
+        counts = {
+            "cells_computed": summary.cells_computed,
+            "cells_cached": summary.cells_cached,
+            "cells_failed": summary.cells_failed,
+        }
+        self.lineage.finish(status, counts)
+        self.store.finish_run(
+            self.run_id,
+            status.lower(),
+            summary.cells_computed,
+            summary.cells_cached,
+            summary.cells_failed,
+            self.mlflow_run_id,
+        )
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def run_plan(
     plan: Plan,
     spec_text: str,
@@ -138,9 +237,11 @@ def run_plan(
     executor,
     console: Console | None = None,
 ) -> RunSummary:
+    """Compute the plan's missing cells: skip what is stored -> run units on ``executor`` ->
+    persist each unit in one transaction -> log to MLflow. A failing checkpoint is recorded and
+    the others finish; an interrupted run keeps every unit it had persisted."""
     console = console or Console()
     started = time.perf_counter()
-    spec = plan.spec
     summary = RunSummary(
         run_id=None,
         checkpoints=len(plan.units),
@@ -150,120 +251,53 @@ def run_plan(
     )
     if not plan.todo:
         return summary
-
-    store = ResultStore(db_path)
-    store.ensure_schema()
-    summary.run_id = run_id = uuid.uuid4().hex
-    code = code_version()
-    store.start_run(run_id, spec.name, spec.spec_hash(), spec_text, code)
-    configs = {s.name: s for s in spec.input_sets}
-    for sets in plan.input_sets.values():
-        for name, materialized in sets.items():
-            config = configs[name]
-            store.write_input_set(materialized, config.num_sequences, config.seq_len)
-
-    lineage = Lineage(tracking_uri, spec, spec_text, run_id, code)
-    summary.mlflow_run_id = lineage.start()
-    cached = _cached_values(store, plan)
-    cells_by_key = {c.key: c for u in plan.units for c in u.cells}
-
-    def log(unit: Unit, keyed_values: dict[str, list[tuple]]) -> None:
-        rows = []
-        for key, values in keyed_values.items():
-            cell = cells_by_key[key]
-            rows += [
-                (cell.label, cell.analysis, metric, layer, cell.input_set, value)
-                for metric, layer, value in values
-            ]
-        if rows:
-            lineage.log_checkpoint(unit.checkpoint, unit.commit, rows)
-
-    for unit in plan.units:
-        done_here = {c.key: cached[c.key] for c in unit.cells if c.key in cached}
-        if done_here:
-            log(unit, done_here)
-
-    units = {u.checkpoint: u for u in plan.todo}
-    unresolved = [u for u in plan.todo if u.commit is None]
-    for unit in unresolved:
-        ref = unit.checkpoint
-        summary.failures.append(f"{ref.label}: {unit.error}")
-        store.write_failures(
-            run_id,
-            [
-                FailureRow(
-                    ref.model,
-                    ref.revision,
-                    ref.step,
-                    None,
-                    c.analysis,
-                    c.input_set_id,
-                    f"resolve: {unit.error}",
-                )
-                for c in unit.missing
-            ],
-        )
-        summary.cells_failed += len(unit.missing)
-
     tasks = [_task(u, plan, hub_dir) for u in plan.todo if u.commit is not None]
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    with progress, executor:
-        overall = progress.add_task(f"[bold]{spec.name}: checkpoints", total=len(tasks))
-        bars: dict = {}
+    units = {u.checkpoint: u for u in plan.todo}
 
-        def on_start(task: UnitTask) -> None:
-            bars[task.checkpoint] = progress.add_task(
-                f"  {task.checkpoint.label}", total=len(task.cells)
-            )
+    with executor:
+        executor.prepare(len(tasks))  # resource errors surface before anything is written
+        run = _Lifecycle(plan, spec_text, db_path, tracking_uri)
+        summary.run_id, summary.mlflow_run_id = run.run_id, run.mlflow_run_id
+        status = "KILLED"
+        try:
+            run.log_cached()
+            for unit in plan.todo:
+                if unit.commit is None:
+                    summary.failures.append(f"{unit.checkpoint.label}: {unit.error}")
+                    summary.cells_failed += run.record_unresolved(unit)
 
-        for task, outcome in executor.run(tasks, on_start=on_start):
-            result = outcome if isinstance(outcome, UnitResult) else _lost_unit(task, outcome)
-            unit = units[task.checkpoint]
-            store.write_unit(
-                run_id, _checkpoint_row(unit), result.cells, result.metrics, result.failures
-            )
-            values: dict[str, list[tuple]] = {}
-            for m in result.metrics:
-                values.setdefault(m.cell_key, []).append((m.metric, m.layer, m.value))
-            log(unit, values)
+            with _progress(console) as progress:
+                overall = progress.add_task(f"[bold]{plan.spec.name}: checkpoints", len(tasks))
+                bars: dict = {}
 
-            summary.cells_computed += len(result.cells)
-            summary.cells_failed += len(result.failures)
-            summary.metric_rows += len(result.metrics)
-            progress.update(bars[task.checkpoint], completed=len(result.cells))
-            progress.remove_task(bars.pop(task.checkpoint))
-            progress.advance(overall)
-            status = "[green]ok" if not result.failures else f"[red]{len(result.failures)} failed"
-            progress.console.print(
-                f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells, "
-                f"{result.seconds:.2f}s on {result.device} {status}"
-            )
-            for failure in result.failures:
-                summary.failures.append(
-                    f"{task.checkpoint.label} {failure.analysis}: {failure.error}"
-                )
+                def on_start(task: UnitTask) -> None:
+                    label = f"  {task.checkpoint.label}"
+                    bars[task.checkpoint] = progress.add_task(label, total=len(task.cells))
 
-    counts = {
-        "cells_computed": summary.cells_computed,
-        "cells_cached": summary.cells_cached,
-        "cells_failed": summary.cells_failed,
-    }
-    status = "FINISHED" if not summary.cells_failed else "FAILED"
-    lineage.finish(status, counts)
-    store.finish_run(
-        run_id,
-        status.lower(),
-        summary.cells_computed,
-        summary.cells_cached,
-        summary.cells_failed,
-        summary.mlflow_run_id,
-    )
+                for task, outcome in executor.run(tasks, on_start=on_start):
+                    result = (
+                        outcome if isinstance(outcome, UnitResult) else _lost_unit(task, outcome)
+                    )
+                    run.persist(units[task.checkpoint], result)
+                    summary.cells_computed += len(result.cells)
+                    summary.cells_failed += len(result.failures)
+                    summary.metric_rows += len(result.metrics)
+                    summary.failures += [
+                        f"{task.checkpoint.label} {f.analysis}: {f.error}" for f in result.failures
+                    ]
+                    progress.remove_task(bars.pop(task.checkpoint))
+                    progress.advance(overall)
+                    state = (
+                        "[green]ok"
+                        if not result.failures
+                        else f"[red]{len(result.failures)} failed"
+                    )
+                    progress.console.print(
+                        f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells, "
+                        f"{result.seconds:.2f}s on {result.device} {state}"
+                    )
+            status = "FINISHED" if not summary.cells_failed else "FAILED"
+        finally:
+            run.finish(status, summary)
     summary.seconds = time.perf_counter() - started
     return summary

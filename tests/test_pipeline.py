@@ -289,3 +289,13 @@ def test_failing_checkpoints_are_recorded_and_the_others_finish(tmp_path, pico_h
     # The failures are retried on the next run; the good checkpoint is not recomputed.
     again = make_plan(parse_spec(spec), db, pico_hub)
     assert sorted(u.checkpoint.revision for u in again.todo) == ["step8", "step999"]
+
+
+def test_too_few_gpus_fails_before_anything_is_written(tmp_path, pico_hub, ray_session):
+    from orchestrator.executors import ResourceError
+
+    spec = {**SPEC, "resources": {"gpus_per_worker": 1}}
+    db = tmp_path / "r.duckdb"
+    with pytest.raises(ResourceError, match=r"gpus_per_worker=1.0 but the cluster has 0 GPUs"):
+        run(spec, db, f"sqlite:///{tmp_path / 'm.db'}", pico_hub)
+    assert not db.exists() and not (tmp_path / "m.db").exists()

@@ -107,7 +107,24 @@ MALFORMED = [
         {"analyses": [{"name": "anisotropy", "params": {"drop_first_position": "perhaps"}}]},
         "analyses[0].params.drop_first_position: Input should be a valid boolean",
     ),
-    ({"analyses": [{"name": "anisotropy"}, {"name": "anisotropy"}]}, "analyses[1]: duplicate"),
+    ({"analyses": [{"name": "anisotropy"}, {"name": "anisotropy"}]}, "analyses[1]: same analysis"),
+    (
+        {"analyses": [{"name": "saturation", "label": "a"}, {"name": "saturation", "label": "b"}]},
+        "analyses[1]: same analysis and params as analyses[0]",
+    ),
+    (
+        {
+            "analyses": [
+                {"name": "anisotropy", "params": {"drop_first_position": True}},
+                {"name": "anisotropy", "params": {"drop_first_position": True}, "label": "again"},
+            ]
+        },
+        "analyses[1]: same analysis and params as analyses[0]",
+    ),
+    (
+        {"analyses": [{"name": "saturation", "label": "x"}, {"name": "anisotropy", "label": "x"}]},
+        "analyses[1]: duplicate analysis 'x'",
+    ),
     ({"input_sets": []}, "analyses[0]: anisotropy runs the model on inputs"),
     ({"input_sets": [{"name": "a"}]}, "input_sets[0]: give exactly one of"),
     ({"input_sets": [{"name": "a", "builtin": "wiki"}]}, "input_sets[0].builtin: Input should be"),
