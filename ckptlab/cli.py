@@ -44,6 +44,17 @@ def _load(path: Path) -> tuple[Spec, str]:
     return spec, path.read_text()
 
 
+def _plan(spec: Spec, spec_path: Path, db_path: Path):
+    """The plan, or a one-line exit-2 error when an input set cannot be cut from its corpus."""
+    from ckptlab.inputs import InputSetError
+    from orchestrator.runner import make_plan
+
+    try:
+        return make_plan(spec, db_path, hub_cache_dir())
+    except InputSetError as err:
+        raise _fail(f"{spec_path}: {err}", 2) from None
+
+
 def _db(spec: Spec | None, db: Path | None) -> Path:
     return db or (spec.storage.db if spec and spec.storage.db else None) or default_db_path()
 
@@ -64,10 +75,8 @@ def validate(spec_path: SpecArg) -> None:
 @app.command()
 def plan(spec_path: SpecArg, db: DbOption = None) -> None:
     """Dry run: units, cells, what is already done, which checkpoints. Starts no Ray."""
-    from orchestrator.runner import make_plan
-
     spec, _ = _load(spec_path)
-    the_plan = make_plan(spec, _db(spec, db), hub_cache_dir())
+    the_plan = _plan(spec, spec_path, _db(spec, db))
     table = Table(title=f"plan for {spec.name}")
     for column in ("model", "checkpoints", "steps", "cells", "done", "to compute", "unresolved"):
         table.add_column(column)
@@ -123,13 +132,13 @@ def run(
         ResourceError,
         local_ray_environment,
     )
-    from orchestrator.runner import make_plan, run_plan
+    from orchestrator.runner import run_plan
 
     spec, text = _load(spec_path)
     db_path = _db(spec, db)
     if executor == Executor.ray and address is None:
         local_ray_environment()
-    the_plan = make_plan(spec, db_path, hub_cache_dir())
+    the_plan = _plan(spec, spec_path, db_path)
     if not the_plan.todo:
         console.print(
             f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "

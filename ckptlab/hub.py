@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -72,7 +73,9 @@ def resolve_commits(
             return dict.fromkeys(revisions, error)
         known = {ref.name: ref.target_commit for ref in [*refs.branches, *refs.tags]}
         return {
-            rev: known.get(rev) or CheckpointError(f"{repo}@{rev}: no such revision")
+            rev: known.get(rev)
+            or (rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None)  # a commit id names itself
+            or CheckpointError(f"{repo}@{rev}: no such revision")
             for rev in revisions
         }
     resolved: dict[str, str | CheckpointError] = {}

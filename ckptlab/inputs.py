@@ -58,7 +58,7 @@ def materialize(input_set: InputSet, tokenizer, tokenizer_of: str) -> Materializ
     n_windows = len(stream) // input_set.seq_len
     if n_windows < input_set.num_sequences:
         raise InputSetError(
-            f"input set {input_set.name!r}: {source} has {len(stream)} tokens, "
+            f"input_sets.{input_set.name}: {source} has {len(stream)} tokens, "
             f"{n_windows} windows of {input_set.seq_len}; {input_set.num_sequences} requested"
         )
     rng = np.random.default_rng(input_set.seed)

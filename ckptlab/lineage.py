@@ -57,7 +57,7 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         out = {}
         for i, v in enumerate(value):
-            name = v.get("name") or v.get("label") or str(i)
+            name = v.get("label") or v.get("name") or str(i)
             out |= flatten(v, f"{prefix}.{name}")
         return out
     return {prefix: str(value)[:6000]}

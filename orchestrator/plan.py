@@ -186,12 +186,17 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
         if unit.commit is None:
             unit.error = str(commit)
         elif ref.model not in input_sets and spec.input_sets:
-            # Tokenized once per model with the tokenizer of its first resolvable checkpoint.
-            folder = tokenizer_folder(ref, hub_dir)
-            tokenizer = load_tokenizer(folder, trust_remote_code=spec.loading.trust_remote_code)
-            input_sets[ref.model] = {
-                s.name: materialize(s, tokenizer, tokenizer_of=ref.model) for s in spec.input_sets
-            }
+            # Tokenized once per model with the tokenizer of its first loadable checkpoint.
+            try:
+                folder = tokenizer_folder(ref, hub_dir)
+                tokenizer = load_tokenizer(folder, trust_remote_code=spec.loading.trust_remote_code)
+            except Exception as err:  # this checkpoint fails; the model's next one may serve
+                unit.commit, unit.error = None, f"tokenizer: {type(err).__name__}: {err}"
+            else:
+                input_sets[ref.model] = {
+                    s.name: materialize(s, tokenizer, tokenizer_of=ref.model)
+                    for s in spec.input_sets
+                }
         for entry in spec.analyses:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)

@@ -124,3 +124,13 @@ def test_analyses_command_lists_the_registry():
     assert result.exit_code == 0
     for name in ("saturation", "anisotropy", "singular_entropy"):
         assert name in result.output
+
+
+def test_an_input_set_larger_than_its_corpus_is_a_bad_spec(tmp_path, pico_hub):
+    spec = tmp_path / "big.yaml"
+    spec.write_text(SPEC.replace("num_sequences: 2", "num_sequences: 100000"))
+    result = CliRunner().invoke(app, ["plan", str(spec), "--db", str(tmp_path / "r.duckdb")])
+    assert result.exit_code == 2
+    assert "input_sets.prose: builtin:pydoc_topics/heldout has" in result.output
+    assert "100000 requested" in result.output
+    assert not (tmp_path / "r.duckdb").exists()
