@@ -14,14 +14,13 @@ from analyses.registry import MetricValue, Need, analysis
 def singular_values(weight: torch.Tensor) -> torch.Tensor:
     """The r = min(V, d) singular values of weight [V, d], descending, in float64.
 
-    Fast path: eigenvalues of the d x d Gram matrix W^T W (V >> d for LM heads), then
-    sigma = sqrt(max(lambda, 0)); the clamp removes tiny negative round-off.
+    Not through the eigenvalues of W^T W: squaring W squares its condition number, so
+    singular values that should be 0 come out near sqrt(eps) * sigma_max (~5e-7 for a
+    rank-1 head) and shift the entropy of exactly the degenerate heads this metric is for.
+    LAPACK's SVD of the tall matrix costs ~1.5x the Gram path (50304 x 768: 1.6 s vs 1.0 s
+    on 2 CPU cores) and is accurate to eps * sigma_max.
     """
-    w = weight.to(torch.float64)
-    v, d = w.shape
-    gram = w.T @ w if v >= d else w @ w.T  # [min(V, d), min(V, d)]
-    eigenvalues = torch.linalg.eigvalsh(gram)  # ascending
-    return eigenvalues.clamp_min(0).sqrt().flip(0)
+    return torch.linalg.svdvals(weight.to(torch.float64))
 
 
 def entropy(p: torch.Tensor) -> float:
