@@ -1,6 +1,13 @@
 """Shipped analyses. Importing this package registers each of them (one file per analysis)."""
 
-from analyses import anisotropy, saturation, singular_entropy  # noqa: F401
+from analyses import (  # noqa: F401
+    anisotropy,
+    head_rank_proxy,
+    linearity,
+    logit_lens,
+    saturation,
+    singular_entropy,
+)
 from analyses.capture import Capture
 from analyses.registry import (
     AnalysisDef,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from analyses.capture import Capture
@@ -20,6 +21,7 @@ class Need(StrEnum):
     PRE_FINAL_NORM = "pre_final_norm"  # last block's output before the final norm
     TOKEN_NLL = "token_nll"  # per-token -ln p(x_t | x_<t), float32
     LM_HEAD = "lm_head"  # the LM head (unembedding) weight
+    READOUT = "readout"  # the final norm module + LM head weight: hidden state -> logits
 
 
 # Needs that require running the model on an input set; an analysis with none of them is
@@ -73,8 +75,13 @@ def analysis(
             raise ValueError(f"analysis {name!r} needs a docstring with its formula and paper")
         if params.model_config.get("extra") != "forbid":
             raise ValueError(f"analysis {name!r}: its params model must forbid extra fields")
-        _REGISTRY[name] = AnalysisDef(name, version, frozenset(needs), params, fn, fn.__doc__)
-        return fn
+        # Analyses never need gradients; without this, reading hidden states through the
+        # model's final norm (logit lens) would build an autograd graph.
+        no_grad_fn = torch.inference_mode()(fn)
+        _REGISTRY[name] = AnalysisDef(
+            name, version, frozenset(needs), params, no_grad_fn, fn.__doc__
+        )
+        return no_grad_fn
 
     return register
 

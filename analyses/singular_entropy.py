@@ -38,7 +38,7 @@ class SingularEntropyParams(BaseModel):
 
 @analysis(
     name="singular_entropy",
-    version=1,
+    version=2,
     needs={Need.LM_HEAD},
     params=SingularEntropyParams,
 )
@@ -51,6 +51,8 @@ def singular_entropy(capture: Capture, params: SingularEntropyParams) -> list[Me
         singular_entropy = KL(p || uniform_r) = ln r - H(p)    in [0, ln r]
 
     Higher = a spikier spectrum (degenerate head). ``spectral_entropy`` stores H(p);
+    ``singular_entropy_sq`` / ``spectral_entropy_sq`` the same with q_i = sigma_i^2 / sum sigma^2
+    (the energy spectrum); ``effective_rank`` = exp(H(p)) (Roy & Vetterli 2007);
     ``lm_head_rows`` records how many rows were used (after trimming padding).
     """
     weight = capture.require("lm_head_weight")  # [V_padded, d]
@@ -59,8 +61,12 @@ def singular_entropy(capture: Capture, params: SingularEntropyParams) -> list[Me
     sigma = singular_values(weight)
     r = sigma.numel()
     h = entropy(sigma / sigma.sum())
+    h_sq = entropy(sigma.square() / sigma.square().sum())
     return [
         MetricValue("singular_entropy", math.log(r) - h),
         MetricValue("spectral_entropy", h),
+        MetricValue("singular_entropy_sq", math.log(r) - h_sq),
+        MetricValue("spectral_entropy_sq", h_sq),
+        MetricValue("effective_rank", math.exp(h)),
         MetricValue("lm_head_rows", float(weight.shape[0])),
     ]

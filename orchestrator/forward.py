@@ -31,10 +31,15 @@ def capture_forward(
 ) -> Capture:
     capture = Capture(tokenizer_vocab_size=tokenizer_vocab_size)
     head = model.get_output_embeddings()
-    if Need.LM_HEAD in needs:
+    if head.bias is not None and needs & {Need.LM_HEAD, Need.READOUT}:
+        raise RuntimeError(f"{type(model).__name__}: LM heads with a bias are not supported")
+    if needs & {Need.LM_HEAD, Need.READOUT}:
         capture.lm_head_weight = head.weight.detach()  # [d_vocab_padded, d_model]
+    if Need.READOUT in needs:
+        capture.final_norm = final_norm_module(model)
     if token_ids is None or not needs & {Need.HIDDEN_STATES, Need.PRE_FINAL_NORM, Need.TOKEN_NLL}:
         return capture
+    capture.input_ids = token_ids
 
     device = head.weight.device
     want_hidden = Need.HIDDEN_STATES in needs

@@ -47,3 +47,15 @@ def gram_mean_pairwise_cosine(vectors: np.ndarray) -> float:
     gram = u @ u.T
     n = len(v)
     return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+
+
+def naive_linearity(x: np.ndarray, y: np.ndarray) -> float:
+    """The paper's recipe with numpy's pseudo-inverse."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    x = x / np.linalg.norm(x)
+    y = y / np.linalg.norm(y)
+    a = np.linalg.pinv(x) @ y
+    return float(1 - np.linalg.norm(x @ a - y) ** 2)

@@ -49,9 +49,9 @@ SPEC = {
 N_CHECKPOINTS = 2 * len(STEPS)
 N_LAYERS = 2  # pico xs and s both have 2 blocks: hidden_states 0..2
 # Per checkpoint: saturation (2 metrics) and anisotropy (3 layers + pre-norm) per input set,
-# singular_entropy (3 metrics) once: it reads weights only.
+# singular_entropy (6 metrics) once: it reads weights only.
 CELLS_PER_CHECKPOINT = 2 + 2 + 1
-ROWS_PER_CHECKPOINT = 2 * 2 + 2 * (N_LAYERS + 1 + 1) + 3
+ROWS_PER_CHECKPOINT = 2 * 2 + 2 * (N_LAYERS + 1 + 1) + 6
 
 
 def run(spec_dict: dict, db: Path, uri: str, hub: Path):
@@ -285,7 +285,7 @@ def test_failing_checkpoints_are_recorded_and_the_others_finish(tmp_path, pico_h
     assert set(by_revision) == {"step8", "step999"}
     assert all(e.startswith("load:") for e in by_revision["step8"])
     assert all(e.startswith("resolve:") and "step999" in e for e in by_revision["step999"])
-    assert count(db, "SELECT count(*) FROM results WHERE revision = 'step4'") == 2 + 3
+    assert count(db, "SELECT count(*) FROM results WHERE revision = 'step4'") == 2 + 6
     # The failures are retried on the next run; the good checkpoint is not recomputed.
     again = make_plan(parse_spec(spec), db, pico_hub)
     assert sorted(u.checkpoint.revision for u in again.todo) == ["step8", "step999"]

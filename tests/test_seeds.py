@@ -1,0 +1,72 @@
+"""specs/seeds.yaml's analyses together on the pico build: one shared pass, consistent
+numbers across analyses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from analyses.registry import registered_analyses
+from ckptlab.results import ResultStore
+from tests.test_pipeline import run
+
+SEEDS = Path(__file__).parent.parent / "specs" / "seeds.yaml"
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory, pico_hub, ray_session):
+    spec = yaml.safe_load(SEEDS.read_text())
+    spec["models"][0].update(sizes=["xs", "s"], steps=[0, 64, 100])  # what the fixture built
+    spec["input_sets"][0].update(num_sequences=8, seq_len=64)
+    root = tmp_path_factory.mktemp("seeds")
+    db = root / "r.duckdb"
+    _plan, summary = run(spec, db, f"sqlite:///{root / 'm.db'}", pico_hub)
+    return db, summary
+
+
+def test_seeds_spec_covers_every_registered_analysis():
+    names = {a["name"] for a in yaml.safe_load(SEEDS.read_text())["analyses"]}
+    assert names == set(registered_analyses())
+
+
+def test_every_analysis_runs_in_the_pipeline(seeds_run):
+    db, summary = seeds_run
+    assert summary.cells_failed == 0, summary.failures
+    per_analysis = dict(
+        ResultStore(db).query("SELECT analysis, count(*) FROM results GROUP BY analysis").rows()
+    )
+    n_checkpoints, layers = 2 * 3, 2  # pico xs and s: 2 blocks, hidden_states 0..2
+    assert per_analysis == {
+        "saturation": n_checkpoints * 2,
+        "anisotropy": n_checkpoints * (layers + 2),
+        "singular_entropy": n_checkpoints * 6,
+        "linearity": n_checkpoints * layers * 2,
+        "logit_lens": n_checkpoints * (layers + 1),
+        "head_rank_proxy": n_checkpoints * (7 + 1),
+    }
+
+
+def test_readouts_agree_with_the_model_cross_entropy(seeds_run):
+    db, _ = seeds_run
+    frame = ResultStore(db).query(
+        "SELECT model, step, metric, layer, value FROM results WHERE metric IN "
+        "('cross_entropy', 'logit_lens_cross_entropy', 'cross_entropy_full_rank',"
+        " 'cross_entropy_rank_64')"
+    )
+    values = {(m, s, metric, layer): v for m, s, metric, layer, v in frame.iter_rows()}
+    for model in ("pico/pico-xs", "pico/pico-s"):
+        for step in (0, 64, 100):
+            ce = values[(model, step, "cross_entropy", None)]
+            # Three routes to the same number: the model's own CE, the lens at the last layer,
+            # and the head proxy at full rank (and at r = 64 >= d_model for both sizes).
+            assert values[(model, step, "logit_lens_cross_entropy", 2)] == pytest.approx(
+                ce, rel=1e-5
+            )
+            assert values[(model, step, "cross_entropy_full_rank", None)] == pytest.approx(
+                ce, rel=1e-5
+            )
+            assert values[(model, step, "cross_entropy_rank_64", None)] == pytest.approx(
+                ce, rel=1e-4
+            )
