@@ -2,6 +2,7 @@
 
 from analyses import (  # noqa: F401
     anisotropy,
+    dispersion,
     head_rank_proxy,
     linearity,
     logit_lens,

@@ -34,8 +34,11 @@ def test_seeds_spec_covers_every_registered_analysis():
 def test_every_analysis_runs_in_the_pipeline(seeds_run):
     db, summary = seeds_run
     assert summary.cells_failed == 0, summary.failures
+    store = ResultStore(db)
     per_analysis = dict(
-        ResultStore(db).query("SELECT analysis, count(*) FROM results GROUP BY analysis").rows()
+        store.query(
+            "SELECT analysis, count(*) FROM results WHERE analysis != 'dispersion' GROUP BY 1"
+        ).rows()
     )
     n_checkpoints, layers = 2 * 3, 2  # pico xs and s: 2 blocks, hidden_states 0..2
     assert per_analysis == {
@@ -46,6 +49,17 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
         "logit_lens": n_checkpoints * (layers + 1),
         "head_rank_proxy": n_checkpoints * (7 + 1),
     }
+    assert set(per_analysis) == set(registered_analyses()) - {"dispersion"}
+    # dispersion: every layer, plus cluster rows whose number depends on the text.
+    clusters = store.query(
+        "SELECT step, model, max(value) FILTER (metric = 'num_clusters') AS n,"
+        " count(*) FILTER (metric = 'dispersion') AS layers,"
+        " count(*) FILTER (metric LIKE 'cluster_%') AS distances"
+        " FROM results WHERE analysis = 'dispersion' GROUP BY ALL"
+    )
+    assert clusters.height == n_checkpoints
+    for _, _, n, n_layers, distances in clusters.iter_rows():
+        assert n_layers == layers + 1 and distances == (2 if n >= 2 else 0)
 
 
 def test_readouts_agree_with_the_model_cross_entropy(seeds_run):
