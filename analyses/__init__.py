@@ -4,6 +4,7 @@ from analyses import (  # noqa: F401
     anisotropy,
     dispersion,
     head_rank_proxy,
+    intrinsic_dimension,
     linearity,
     logit_lens,
     saturation,

@@ -48,6 +48,7 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
         "linearity": n_checkpoints * layers * 2,
         "logit_lens": n_checkpoints * (layers + 1),
         "head_rank_proxy": n_checkpoints * (7 + 1),
+        "intrinsic_dimension": n_checkpoints * (layers + 1) * 2,
     }
     assert set(per_analysis) == set(registered_analyses()) - {"dispersion"}
     # dispersion: every layer, plus cluster rows whose number depends on the text.

@@ -1,0 +1,83 @@
+"""TwoNN intrinsic dimension of each layer's token representations."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from analyses.capture import Capture
+from analyses.registry import MetricValue, Need, analysis
+
+BLOCK_ELEMENTS = 1 << 24  # distances held at once: block_rows * N <= 16M float64 (128 MB)
+
+
+def two_nearest_distances(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r1, r2): distances of every row of points [N, d] to its nearest and second-nearest
+    other row, in float64, computed block by block so memory stays O(block * N)."""
+    x = points.to(torch.float64)
+    n = x.shape[0]
+    block = max(1, BLOCK_ELEMENTS // n)
+    squared_norms = x.square().sum(1)
+    r1, r2 = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        d2 = squared_norms[rows, None] + squared_norms[None, :] - 2 * x[rows] @ x.T  # [b, N]
+        d2 = d2.clamp_min(0)
+        d2[torch.arange(d2.shape[0]), torch.arange(rows.start, rows.stop)] = float("inf")
+        nearest = d2.topk(2, dim=1, largest=False).values.sqrt()
+        r1[rows], r2[rows] = nearest[:, 0].cpu(), nearest[:, 1].cpu()
+    return r1, r2
+
+
+def twonn_dimension(points: torch.Tensor, fit_fraction: float = 0.9) -> float:
+    """TwoNN (Facco et al. 2017): mu_i = r2 / r1, F the empirical CDF of mu; fit
+    -ln(1 - F(mu)) = d ln mu through the origin by least squares over the smallest
+    ``fit_fraction`` of the mu (the largest are noisy and F = 1 at the last one)."""
+    r1, r2 = two_nearest_distances(points)
+    mu = (r2 / r1).sort().values
+    n = mu.numel()
+    keep = max(1, int(n * fit_fraction))
+    empirical_cdf = torch.arange(1, n + 1, dtype=torch.float64) / n
+    x = mu[:keep].log()
+    y = -(1 - empirical_cdf[:keep]).log()
+    return float((x * y).sum() / (x * x).sum())
+
+
+class IntrinsicDimensionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # O(N^2 d): a fixed, seeded subsample keeps large input sets tractable.
+    max_points: int = Field(10_000, ge=3)
+    fit_fraction: float = Field(0.9, gt=0, le=1)
+    seed: int = 0
+
+
+@analysis(
+    name="intrinsic_dimension",
+    version=1,
+    needs={Need.HIDDEN_STATES},
+    params=IntrinsicDimensionParams,
+)
+def intrinsic_dimension(capture: Capture, params: IntrinsicDimensionParams) -> list[MetricValue]:
+    """TwoNN intrinsic dimension per layer (Facco et al. 2017, "Estimating the intrinsic
+    dimension of datasets by a minimal neighborhood information"; Valeriani et al. 2023 on LM
+    representations).
+
+        mu_i = r2(i) / r1(i)   (second over first nearest-neighbour distance)
+        -ln(1 - F(mu)) = d ln mu,  d fit through the origin by least squares
+
+    Token vectors of hidden_states[k] are pooled, deduplicated (identical vectors, e.g. the
+    embeddings of a repeated token, would give r1 = 0), and subsampled to ``max_points`` with
+    ``seed``. Distances in float64 blocks: no N x N matrix. ``twonn_points`` records N.
+    """
+    rows = []
+    generator = torch.Generator().manual_seed(params.seed)
+    for k, h in enumerate(capture.require("hidden_states")):
+        points = torch.unique(h.reshape(-1, h.shape[-1]).to(torch.float64), dim=0)
+        if points.shape[0] > params.max_points:
+            chosen = torch.randperm(points.shape[0], generator=generator)[: params.max_points]
+            points = points[chosen.to(points.device)]
+        rows.append(
+            MetricValue("intrinsic_dimension", twonn_dimension(points, params.fit_fraction), k)
+        )
+        rows.append(MetricValue("twonn_points", float(points.shape[0]), k))
+    return rows
