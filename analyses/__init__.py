@@ -7,6 +7,7 @@ from analyses import (  # noqa: F401
     intrinsic_dimension,
     linearity,
     logit_lens,
+    neuron_entropy,
     saturation,
     singular_entropy,
 )

@@ -24,8 +24,10 @@ class Capture:
     input_ids: torch.Tensor | None = None  # [seq, pos] int64: filled by every forward pass
     hidden_states: tuple[torch.Tensor, ...] | None = None  # (L+1) x [seq, pos, d_model]
     pre_final_norm: torch.Tensor | None = None  # [seq, pos, d_model]
+    mlp_activations: tuple[torch.Tensor, ...] | None = None  # L x [seq, pos, d_mlp], block 1..L
     token_nll: torch.Tensor | None = None  # [seq, pos - 1], float32, nats
     lm_head_weight: torch.Tensor | None = None  # [d_vocab_padded, d_model]
+    input_embedding_weight: torch.Tensor | None = None  # [d_vocab_padded, d_model]
     tokenizer_vocab_size: int | None = None  # len(tokenizer); rows beyond it are padding
     final_norm: torch.nn.Module | None = None  # READOUT: applied before the head
 

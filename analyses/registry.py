@@ -22,11 +22,15 @@ class Need(StrEnum):
     TOKEN_NLL = "token_nll"  # per-token -ln p(x_t | x_<t), float32
     LM_HEAD = "lm_head"  # the LM head (unembedding) weight
     READOUT = "readout"  # the final norm module + LM head weight: hidden state -> logits
+    EMBEDDINGS = "embeddings"  # the input embedding weight [vocab, d_model]
+    MLP_ACTIVATIONS = "mlp_activations"  # each block's MLP neurons: the out-projection's input
 
 
 # Needs that require running the model on an input set; an analysis with none of them is
 # computed once per checkpoint, independent of input sets.
-FORWARD_NEEDS = frozenset({Need.HIDDEN_STATES, Need.PRE_FINAL_NORM, Need.TOKEN_NLL})
+FORWARD_NEEDS = frozenset(
+    {Need.HIDDEN_STATES, Need.PRE_FINAL_NORM, Need.TOKEN_NLL, Need.MLP_ACTIVATIONS}
+)
 
 
 class NoParams(BaseModel):
@@ -38,6 +42,7 @@ class MetricValue:
     metric: str
     value: float
     layer: int | None = None  # hidden_states index; None when the metric is not per layer
+    item: int | None = None  # index within the layer (a neuron) for per-item rows
 
 
 AnalysisFn = Callable[[Capture, BaseModel], list[MetricValue]]

@@ -37,6 +37,7 @@ class MetricRow:
     layer: int | None
     metric: str
     value: float
+    item: int | None = None
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,20 @@ import torch
 import torch.nn.functional as F
 
 from analyses.capture import Capture
-from analyses.registry import Need
+from analyses.registry import FORWARD_NEEDS, Need
 
 # Where common causal-LM families keep the final norm, on their base model.
 _FINAL_NORM_NAMES = ("final_layer_norm", "norm", "ln_f", "final_norm")
+# Each block's MLP output projection; its input is the neuron activation vector, for plain
+# (act(W_in x)) and gated (act(W_g x) * W_u x) MLPs alike.
+_MLP_OUT_NAMES = ("mlp.dense_4h_to_h", "mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.fc_out")
+
+
+def mlp_out_projections(model) -> list[torch.nn.Module]:
+    found = [m for name, m in model.named_modules() if name.endswith(_MLP_OUT_NAMES)]
+    if not found:
+        raise RuntimeError(f"{type(model).__name__}: cannot find the MLP output projections")
+    return found
 
 
 def final_norm_module(model) -> torch.nn.Module:
@@ -37,7 +47,9 @@ def capture_forward(
         capture.lm_head_weight = head.weight.detach()  # [d_vocab_padded, d_model]
     if Need.READOUT in needs:
         capture.final_norm = final_norm_module(model)
-    if token_ids is None or not needs & {Need.HIDDEN_STATES, Need.PRE_FINAL_NORM, Need.TOKEN_NLL}:
+    if Need.EMBEDDINGS in needs:
+        capture.input_embedding_weight = model.get_input_embeddings().weight.detach()
+    if token_ids is None or not needs & FORWARD_NEEDS:
         return capture
     capture.input_ids = token_ids
 
@@ -47,12 +59,23 @@ def capture_forward(
     pre_norm_batches: list[torch.Tensor] = []
     nll_batches: list[torch.Tensor] = []
 
-    hook = None
+    hooks = []
     if Need.PRE_FINAL_NORM in needs:
         # The final norm's input is the last block's output before the norm.
-        hook = final_norm_module(model).register_forward_pre_hook(
-            lambda _module, args: pre_norm_batches.append(args[0].detach())
+        hooks.append(
+            final_norm_module(model).register_forward_pre_hook(
+                lambda _module, args: pre_norm_batches.append(args[0].detach())
+            )
         )
+    mlp_batches: list[list[torch.Tensor]] = []  # per block, per batch
+    if Need.MLP_ACTIVATIONS in needs:
+        for block, module in enumerate(mlp_out_projections(model)):
+            mlp_batches.append([])
+            hooks.append(
+                module.register_forward_pre_hook(
+                    lambda _module, args, block=block: mlp_batches[block].append(args[0].detach())
+                )
+            )
     try:
         for start in range(0, token_ids.shape[0], batch_size):
             batch = token_ids[start : start + batch_size].to(device)  # [b, pos]
@@ -68,7 +91,7 @@ def capture_forward(
                 )
                 nll_batches.append(nll.view(batch.shape[0], -1))  # [b, pos - 1]
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
 
     if want_hidden:
@@ -78,6 +101,8 @@ def capture_forward(
         )
     if pre_norm_batches:
         capture.pre_final_norm = torch.cat(pre_norm_batches)
+    if mlp_batches:
+        capture.mlp_activations = tuple(torch.cat(batches) for batches in mlp_batches)
     if nll_batches:
         capture.token_nll = torch.cat(nll_batches)
     return capture

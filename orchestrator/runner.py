@@ -125,7 +125,8 @@ def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
     if not done:
         return {}
     frame = store.query(
-        "SELECT cell_key, layer, metric, value FROM metrics WHERE cell_key IN (SELECT unnest(?))",
+        "SELECT cell_key, layer, metric, value FROM metrics"
+        " WHERE cell_key IN (SELECT unnest(?)) AND item IS NULL",
         [done],
     )
     values: dict[str, list[tuple]] = {}
@@ -197,7 +198,8 @@ class _Lifecycle:
         )
         values: dict[str, list[tuple]] = {}
         for m in result.metrics:
-            values.setdefault(m.cell_key, []).append((m.metric, m.layer, m.value))
+            if m.item is None:  # per-item rows (e.g. per neuron) stay in DuckDB only
+                values.setdefault(m.cell_key, []).append((m.metric, m.layer, m.value))
         self.log(unit, values)
 
     def finish(self, status: str, summary: RunSummary) -> None:

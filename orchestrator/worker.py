@@ -129,7 +129,9 @@ def run_unit(task: UnitTask, device: str) -> UnitResult:
                     time.perf_counter() - cell_started,
                 )
             )
-            result.metrics += [MetricRow(cell.key, v.layer, v.metric, v.value) for v in values]
+            result.metrics += [
+                MetricRow(cell.key, v.layer, v.metric, v.value, v.item) for v in values
+            ]
         del capture
     result.seconds = time.perf_counter() - started
     return result

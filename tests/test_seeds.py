@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,10 +21,14 @@ def seeds_run(tmp_path_factory, pico_hub, ray_session):
     spec = yaml.safe_load(SEEDS.read_text())
     spec["models"][0].update(sizes=["xs", "s"], steps=[0, 64, 100])  # what the fixture built
     spec["input_sets"][0].update(num_sequences=8, seq_len=64)
+    for entry in spec["analyses"]:
+        if entry["name"] == "neuron_entropy":
+            entry["params"]["per_neuron"] = True
     root = tmp_path_factory.mktemp("seeds")
     db = root / "r.duckdb"
-    _plan, summary = run(spec, db, f"sqlite:///{root / 'm.db'}", pico_hub)
-    return db, summary
+    uri = f"sqlite:///{root / 'm.db'}"
+    _plan, summary = run(spec, db, uri, pico_hub)
+    return db, summary, uri
 
 
 def test_seeds_spec_covers_every_registered_analysis():
@@ -32,12 +37,13 @@ def test_seeds_spec_covers_every_registered_analysis():
 
 
 def test_every_analysis_runs_in_the_pipeline(seeds_run):
-    db, summary = seeds_run
+    db, summary, _ = seeds_run
     assert summary.cells_failed == 0, summary.failures
     store = ResultStore(db)
     per_analysis = dict(
         store.query(
-            "SELECT analysis, count(*) FROM results WHERE analysis != 'dispersion' GROUP BY 1"
+            "SELECT analysis, count(*) FROM results"
+            " WHERE analysis NOT IN ('dispersion', 'neuron_entropy') GROUP BY 1"
         ).rows()
     )
     n_checkpoints, layers = 2 * 3, 2  # pico xs and s: 2 blocks, hidden_states 0..2
@@ -50,7 +56,7 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
         "head_rank_proxy": n_checkpoints * (7 + 1),
         "intrinsic_dimension": n_checkpoints * (layers + 1) * 2,
     }
-    assert set(per_analysis) == set(registered_analyses()) - {"dispersion"}
+    assert set(per_analysis) == set(registered_analyses()) - {"dispersion", "neuron_entropy"}
     # dispersion: every layer, plus cluster rows whose number depends on the text.
     clusters = store.query(
         "SELECT step, model, max(value) FILTER (metric = 'num_clusters') AS n,"
@@ -64,7 +70,7 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
 
 
 def test_readouts_agree_with_the_model_cross_entropy(seeds_run):
-    db, _ = seeds_run
+    db, _, _ = seeds_run
     frame = ResultStore(db).query(
         "SELECT model, step, metric, layer, value FROM results WHERE metric IN "
         "('cross_entropy', 'logit_lens_cross_entropy', 'cross_entropy_full_rank',"
@@ -85,3 +91,32 @@ def test_readouts_agree_with_the_model_cross_entropy(seeds_run):
             assert values[(model, step, "cross_entropy_rank_64", None)] == pytest.approx(
                 ce, rel=1e-4
             )
+
+
+def test_neuron_entropy_rows_per_block_and_per_neuron(seeds_run):
+    from mlflow import MlflowClient
+
+    db, summary, uri = seeds_run
+    store = ResultStore(db)
+    neurons = store.query(
+        "SELECT model, layer, value FROM results WHERE metric = 'neurons' ORDER BY ALL"
+    )
+    expected = {"pico/pico-s": 4 * 64, "pico/pico-xs": 4 * 32}  # d_mlp = 4 d_model
+    assert neurons.height == 2 * 3 * 2  # models x steps x blocks
+    assert set(neurons["layer"]) == {1, 2}
+    assert all(v == expected[m] for m, _, v in neurons.iter_rows())
+    per_neuron = store.query(
+        "SELECT model, step, layer, count(*) AS n, min(item) AS lo, max(item) AS hi,"
+        " max(value) AS top FROM results WHERE metric = 'token_entropy' GROUP BY ALL"
+    )
+    for model, _, _, n, lo, hi, top in per_neuron.iter_rows():
+        assert 0 <= lo <= hi < expected[model] and n <= expected[model]
+        assert top <= np.log(512) + 1e-9  # at most ln(vocab)
+    # Per-neuron rows stay in DuckDB: MLflow gets the layer summaries only.
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(summary.mlflow_run_id)
+    [child, *_] = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    keys = set(child.data.metrics)
+    assert "token_entropy_mean/layer_1" in keys and "token_entropy/layer_1" not in keys
