@@ -2,6 +2,7 @@
 
 from analyses import (  # noqa: F401
     anisotropy,
+    cka,
     dispersion,
     head_rank_proxy,
     intrinsic_dimension,

@@ -24,6 +24,7 @@ class Need(StrEnum):
     READOUT = "readout"  # the final norm module + LM head weight: hidden state -> logits
     EMBEDDINGS = "embeddings"  # the input embedding weight [vocab, d_model]
     MLP_ACTIVATIONS = "mlp_activations"  # each block's MLP neurons: the out-projection's input
+    REFERENCE = "reference"  # another checkpoint's sketch (cross-checkpoint analyses)
 
 
 # Needs that require running the model on an input set; an analysis with none of them is
@@ -60,6 +61,10 @@ class AnalysisDef:
     @property
     def needs_forward_pass(self) -> bool:
         return bool(self.needs & FORWARD_NEEDS)
+
+    @property
+    def cross_checkpoint(self) -> bool:
+        return Need.REFERENCE in self.needs
 
     def run(self, capture: Capture, params: BaseModel) -> list[MetricValue]:
         return self.fn(capture, params)

@@ -8,11 +8,21 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from analyses.capture import ReferenceSketch
 from ckptlab.spec import Resources
-from orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
+from orchestrator.worker import (
+    SketchTask,
+    UnitResult,
+    UnitTask,
+    pick_device,
+    run_sketch,
+    run_unit,
+)
 
 Outcome = tuple[UnitTask, UnitResult | Exception]
+SketchOutcome = tuple[SketchTask, ReferenceSketch | Exception]
 OnStart = Callable[[UnitTask], None]
+References = dict[str, ReferenceSketch]
 
 
 class InlineExecutor:
@@ -30,12 +40,24 @@ class InlineExecutor:
     def prepare(self, n_tasks: int) -> None:
         return None
 
-    def run(self, tasks: list[UnitTask], on_start: OnStart = lambda t: None) -> Iterator[Outcome]:
+    def run(
+        self,
+        tasks: list[UnitTask],
+        on_start: OnStart = lambda t: None,
+        references: References | None = None,
+    ) -> Iterator[Outcome]:
         for task in tasks:
             on_start(task)
             try:
-                yield task, run_unit(task, self.device)
+                yield task, run_unit(task, self.device, references)
             except Exception as err:  # run_unit records its own errors; this is a bug's path
+                yield task, err
+
+    def run_sketches(self, tasks: list[SketchTask]) -> Iterator[SketchOutcome]:
+        for task in tasks:
+            try:
+                yield task, run_sketch(task, self.device)
+            except Exception as err:
                 yield task, err
 
 
@@ -108,12 +130,14 @@ class RayExecutor:
         wanted = r.workers or slots
         return max(1, min(wanted, slots, n_tasks))
 
-    def run(self, tasks: list[UnitTask], on_start: OnStart = lambda t: None) -> Iterator[Outcome]:
+    def _map(self, items: list, submit_one, on_start=lambda item: None) -> Iterator[tuple]:
+        """Run items on a pool of worker actors, one item per actor at a time; yields
+        (item, result or the exception that lost it) as they finish."""
         import ray
 
         from orchestrator.ray_worker import CheckpointWorker
 
-        if not tasks:
+        if not items:
             return
         r = self.resources
         actors = [
@@ -123,15 +147,15 @@ class RayExecutor:
                 max_restarts=r.max_retries,
                 max_task_retries=r.max_retries,
             ).remote(threads=max(1, int(r.cpus_per_worker)), want_gpu=r.gpus_per_worker > 0)
-            for _ in range(self.n_workers)
+            for _ in range(min(self.n_workers, len(items)))
         ]
-        queue = deque(tasks)
+        queue = deque(items)
         in_flight = {}
 
         def submit(actor) -> None:
-            task = queue.popleft()
-            on_start(task)
-            in_flight[actor.run.remote(task)] = (actor, task)
+            item = queue.popleft()
+            on_start(item)
+            in_flight[submit_one(actor, item)] = (actor, item)
 
         try:
             for actor in actors:
@@ -139,13 +163,34 @@ class RayExecutor:
                     submit(actor)
             while in_flight:
                 [ready], _ = ray.wait(list(in_flight), num_returns=1)
-                actor, task = in_flight.pop(ready)
+                actor, item = in_flight.pop(ready)
                 try:
-                    yield task, ray.get(ready)
+                    yield item, ray.get(ready)
                 except Exception as err:  # the worker died beyond its retries
-                    yield task, err
+                    yield item, err
                 if queue:
                     submit(actor)
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+    def run(
+        self,
+        tasks: list[UnitTask],
+        on_start: OnStart = lambda t: None,
+        references: References | None = None,
+    ) -> Iterator[Outcome]:
+        import ray
+
+        # Each sketch goes into the object store once; actors read it from there (zero-copy
+        # on a node) instead of receiving a copy with every task.
+        stored = {key: ray.put(sketch) for key, sketch in (references or {}).items()}
+
+        def submit_one(actor, task: UnitTask):
+            wanted = {c.reference_key for c in task.cells if c.reference_key in stored}
+            return actor.run.remote(task, {key: stored[key] for key in wanted})
+
+        yield from self._map(tasks, submit_one, on_start)
+
+    def run_sketches(self, tasks: list[SketchTask]) -> Iterator[SketchOutcome]:
+        yield from self._map(tasks, lambda actor, task: actor.sketch.remote(task))

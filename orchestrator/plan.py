@@ -17,7 +17,15 @@ from analyses.registry import AnalysisDef, get_analysis
 from ckptlab.catalog import SUITES
 from ckptlab.hub import CheckpointError, local_checkpoint, resolve_commits
 from ckptlab.inputs import MaterializedInputSet, materialize
-from ckptlab.spec import HubModels, LocalModels, Spec, SuiteModels, select_steps, step_from_revision
+from ckptlab.spec import (
+    HubModels,
+    LocalModels,
+    Spec,
+    SpecError,
+    SuiteModels,
+    select_steps,
+    step_from_revision,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,22 @@ class Cell:
     params_hash: str
     input_set: str | None  # name in the spec; None for weight-only analyses
     input_set_id: str | None
+    reference_key: str | None = None  # the ReferenceSketch a cross-checkpoint cell reads
+    # The analysis' own params when params_json also records resolved context (the reference).
+    run_params_json: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """A reference sketch to compute (or find cached): one checkpoint, one input set."""
+
+    key: str
+    checkpoint: CheckpointRef
+    commit: str
+    input_set: str
+    input_set_id: str
+    max_tokens: int
+    seed: int
 
 
 @dataclass
@@ -62,6 +86,8 @@ class Plan:
     spec: Spec
     units: list[Unit]
     input_sets: dict[str, dict[str, MaterializedInputSet]]  # model -> input set name -> tokens
+    references: dict[str, ReferenceSpec] = field(default_factory=dict)
+    reference_errors: dict[str, str] = field(default_factory=dict)  # model -> why none
 
     @property
     def total_cells(self) -> int:
@@ -169,6 +195,43 @@ def tokenizer_folder(ref: CheckpointRef, hub_dir: Path) -> Path:
     return fetch_snapshot(ref.model, ref.revision, hub_dir, local_only=ref.local_only)[0]
 
 
+def reference_key(commit: str, input_set_id: str, max_tokens: int, seed: int) -> str:
+    return sha256_hex(canonical_json([commit, input_set_id, max_tokens, seed]))[:32]
+
+
+def pick_references(
+    spec: Spec, refs: list[CheckpointRef], commits: dict
+) -> tuple[dict[tuple[str, str], CheckpointRef], dict[str, str]]:
+    """(model, analysis entry key) -> the reference checkpoint of each cross-checkpoint
+    analysis, and model -> error for models whose reference cannot be used."""
+    chosen: dict[tuple[str, str], CheckpointRef] = {}
+    errors: dict[str, str] = {}
+    by_model: dict[str, list[CheckpointRef]] = {}
+    for ref in refs:
+        by_model.setdefault(ref.model, []).append(ref)
+    for i, entry in enumerate(spec.analyses):
+        definition = get_analysis(entry.name)
+        if not definition.cross_checkpoint:
+            continue
+        wanted = definition.params_model.model_validate(entry.params).reference
+        for model, model_refs in by_model.items():
+            if wanted == "last":
+                reference = max(model_refs, key=lambda r: r.step)
+            else:
+                matches = [r for r in model_refs if r.step == wanted]
+                if not matches:
+                    steps = sorted(r.step for r in model_refs)
+                    raise SpecError(
+                        f"analyses[{i}].params.reference",
+                        f"step {wanted} is not among the selected steps of {model}: {steps}",
+                    )
+                reference = matches[0]
+            if isinstance(commits[reference], CheckpointError):
+                errors[model] = f"reference {reference.label} unavailable: {commits[reference]}"
+            chosen[(model, entry.key)] = reference
+    return chosen, errors
+
+
 def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
     cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
@@ -177,8 +240,10 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     refs = expand_checkpoints(spec)
     commits = resolve(refs, hub_dir)
     definitions = {entry.key: get_analysis(entry.name) for entry in spec.analyses}
+    reference_of, reference_errors = pick_references(spec, refs, commits)
     input_sets: dict[str, dict[str, MaterializedInputSet]] = {}
     units: list[Unit] = []
+    references: dict[str, ReferenceSpec] = {}
 
     for ref in refs:
         commit = commits[ref]
@@ -200,7 +265,18 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
         for entry in spec.analyses:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)
-            params_json = canonical_json(params.model_dump(mode="json"))
+            resolved_params = params.model_dump(mode="json")
+            reference = reference_of.get((ref.model, entry.key))
+            if reference is not None:
+                # The reference's commit is part of the cell: a new reference, new cells.
+                reference_commit = commits[reference]
+                resolved_params |= {
+                    "reference_revision": reference.revision,
+                    "reference_commit": None
+                    if isinstance(reference_commit, CheckpointError)
+                    else reference_commit,
+                }
+            params_json = canonical_json(resolved_params)
             targets: list[tuple[str | None, str | None]] = [(None, None)]
             if definition.needs_forward_pass:
                 materialized = input_sets.get(ref.model, {})
@@ -211,6 +287,21 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
             for name, input_set_id in targets:
                 # An unresolved checkpoint has no content key: its cells can only fail.
                 key = cell_key(unit.commit, definition, params_json, input_set_id)
+                sketch = None
+                commit_of_reference = resolved_params.get("reference_commit")
+                if reference is not None and commit_of_reference and input_set_id:
+                    sketch = reference_key(
+                        commit_of_reference, input_set_id, params.max_tokens, params.seed
+                    )
+                    references[sketch] = ReferenceSpec(
+                        sketch,
+                        reference,
+                        commit_of_reference,
+                        name,
+                        input_set_id,
+                        params.max_tokens,
+                        params.seed,
+                    )
                 unit.cells.append(
                     Cell(
                         key if unit.commit else None,
@@ -221,6 +312,8 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                         sha256_hex(params_json)[:16],
                         name,
                         input_set_id,
+                        sketch,
+                        canonical_json(params.model_dump(mode="json")),
                     )
                 )
         units.append(unit)
@@ -228,4 +321,6 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     done = done_keys([c.key for u in units for c in u.cells if c.key])
     for unit in units:
         unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
-    return Plan(spec, units, input_sets)
+    needed = {c.reference_key for u in units for c in u.missing if c.reference_key}
+    references = {k: v for k, v in references.items() if k in needed}
+    return Plan(spec, units, input_sets, references, reference_errors)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ray
 import torch
 
-from orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
+from analyses.capture import ReferenceSketch
+from orchestrator.worker import SketchTask, UnitResult, UnitTask, pick_device, run_sketch, run_unit
 
 
 @ray.remote
@@ -14,5 +15,10 @@ class CheckpointWorker:
         torch.set_num_threads(threads)
         self.device = pick_device(want_gpu)
 
-    def run(self, task: UnitTask) -> UnitResult:
-        return run_unit(task, self.device)
+    def run(self, task: UnitTask, reference_refs: dict) -> UnitResult:
+        # Object refs nested in a dict are not resolved by Ray: fetch them here.
+        references = {key: ray.get(ref) for key, ref in reference_refs.items()}
+        return run_unit(task, self.device, references)
+
+    def sketch(self, task: SketchTask) -> ReferenceSketch:
+        return run_sketch(task, self.device)

@@ -23,12 +23,14 @@ from rich.progress import (
 )
 
 import ckptlab
+from analyses.capture import ReferenceSketch
+from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage
 from ckptlab.results import ResultStore
 from ckptlab.rows import CheckpointRow, FailureRow
 from ckptlab.spec import Spec
 from orchestrator.plan import Plan, Unit, build_plan
-from orchestrator.worker import UnitResult, UnitTask
+from orchestrator.worker import SketchTask, UnitResult, UnitTask
 
 
 @dataclass
@@ -77,7 +79,75 @@ def make_plan(spec: Spec, db_path: Path, hub_dir: Path) -> Plan:
     return build_plan(spec, hub_dir, ResultStore(db_path).done_cell_keys)
 
 
-def _task(unit: Unit, plan: Plan, hub_dir: Path) -> UnitTask:
+def _sketch_path(sketch_dir: Path, key: str) -> Path:
+    return sketch_dir / f"{key}.safetensors"
+
+
+def save_sketch(path: Path, sketch: ReferenceSketch) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"positions": sketch.positions}
+    tensors |= {f"layer_{k}": layer for k, layer in enumerate(sketch.layers)}
+    metadata = {"reference_commit": sketch.reference_commit, "input_set_id": sketch.input_set_id}
+    partial = path.with_suffix(".partial")
+    save_file(tensors, partial, metadata=metadata)
+    partial.rename(path)  # a sketch file is either complete or absent
+
+
+def load_sketch(path: Path) -> ReferenceSketch:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata()
+        layers = tuple(f.get_tensor(f"layer_{k}") for k in range(len(f.keys()) - 1))
+        positions = f.get_tensor("positions")
+    return ReferenceSketch(
+        metadata["reference_commit"], metadata["input_set_id"], positions, layers
+    )
+
+
+def prepare_references(
+    plan: Plan, executor, hub_dir: Path, sketch_dir: Path
+) -> tuple[dict[str, ReferenceSketch], dict[str, str]]:
+    """The reference sketches the plan's missing cross-checkpoint cells read: from the cache
+    when there, else computed once each on the executor and cached. Returns (sketches,
+    errors by sketch key)."""
+    sketches: dict[str, ReferenceSketch] = {}
+    tasks = []
+    for key, reference in plan.references.items():
+        path = _sketch_path(sketch_dir, key)
+        if path.exists():
+            sketches[key] = load_sketch(path)
+            continue
+        spec = plan.spec
+        tasks.append(
+            SketchTask(
+                reference.checkpoint,
+                reference.commit,
+                key,
+                reference.input_set_id,
+                plan.input_sets[reference.checkpoint.model][reference.input_set].token_ids,
+                reference.max_tokens,
+                reference.seed,
+                hub_dir,
+                spec.resources.dtype,
+                spec.resources.batch_size,
+                spec.loading.trust_remote_code,
+                spec.loading.allow_pickle_weights,
+            )
+        )
+    errors: dict[str, str] = {}
+    for task, outcome in executor.run_sketches(tasks):
+        if isinstance(outcome, Exception):
+            errors[task.key] = f"({task.checkpoint.label}: {type(outcome).__name__}: {outcome})"
+        else:
+            save_sketch(_sketch_path(sketch_dir, task.key), outcome)
+            sketches[task.key] = outcome
+    return sketches, errors
+
+
+def _task(unit: Unit, plan: Plan, hub_dir: Path, reference_errors: dict[str, str]) -> UnitTask:
     spec = plan.spec
     tokens = plan.input_sets.get(unit.checkpoint.model, {})
     wanted = {c.input_set for c in unit.missing if c.input_set}
@@ -91,6 +161,7 @@ def _task(unit: Unit, plan: Plan, hub_dir: Path) -> UnitTask:
         batch_size=spec.resources.batch_size,
         trust_remote_code=spec.loading.trust_remote_code,
         allow_pickle=spec.loading.allow_pickle_weights,
+        reference_errors=plan.reference_errors | reference_errors,
     )
 
 
@@ -238,11 +309,13 @@ def run_plan(
     hub_dir: Path,
     executor,
     console: Console | None = None,
+    sketch_dir: Path | None = None,
 ) -> RunSummary:
     """Compute the plan's missing cells: skip what is stored -> run units on ``executor`` ->
     persist each unit in one transaction -> log to MLflow. A failing checkpoint is recorded and
     the others finish; an interrupted run keeps every unit it had persisted."""
     console = console or Console()
+    sketch_dir = sketch_dir or ckptlab_home() / "sketches"
     started = time.perf_counter()
     summary = RunSummary(
         run_id=None,
@@ -253,11 +326,13 @@ def run_plan(
     )
     if not plan.todo:
         return summary
-    tasks = [_task(u, plan, hub_dir) for u in plan.todo if u.commit is not None]
     units = {u.checkpoint: u for u in plan.todo}
-
     with executor:
-        executor.prepare(len(tasks))  # resource errors surface before anything is written
+        executor.prepare(len(plan.todo))  # resource errors surface before anything is written
+        references, reference_errors = prepare_references(plan, executor, hub_dir, sketch_dir)
+        tasks = [
+            _task(u, plan, hub_dir, reference_errors) for u in plan.todo if u.commit is not None
+        ]
         run = _Lifecycle(plan, spec_text, db_path, tracking_uri)
         summary.run_id, summary.mlflow_run_id = run.run_id, run.mlflow_run_id
         status = "KILLED"
@@ -276,7 +351,7 @@ def run_plan(
                     label = f"  {task.checkpoint.label}"
                     bars[task.checkpoint] = progress.add_task(label, total=len(task.cells))
 
-                for task, outcome in executor.run(tasks, on_start=on_start):
+                for task, outcome in executor.run(tasks, on_start, references):
                     result = (
                         outcome if isinstance(outcome, UnitResult) else _lost_unit(task, outcome)
                     )

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.registry import get_analysis
+from analyses.capture import ReferenceSketch, sample_positions, sketch_hidden_states
+from analyses.registry import Need, get_analysis
 from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer, local_checkpoint
 from ckptlab.rows import CellRow, FailureRow, MetricRow
 from orchestrator.forward import capture_forward
@@ -24,6 +25,26 @@ class UnitTask:
     commit: str
     cells: list[Cell]
     token_ids: dict[str, np.ndarray]  # input set name -> [seq, pos]
+    hub_dir: Path
+    dtype: str
+    batch_size: int
+    trust_remote_code: bool
+    allow_pickle: bool
+    # Why a reference sketch is missing, by sketch key or model (cross-checkpoint cells).
+    reference_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SketchTask:
+    """Compute a reference checkpoint's sketch on one input set (load + one forward pass)."""
+
+    checkpoint: CheckpointRef
+    commit: str
+    key: str
+    input_set_id: str
+    token_ids: np.ndarray  # [seq, pos]
+    max_tokens: int
+    seed: int
     hub_dir: Path
     dtype: str
     batch_size: int
@@ -53,10 +74,47 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}".replace("\n", " ")[:2000]
 
 
-def run_unit(task: UnitTask, device: str) -> UnitResult:
+def load_checkpoint(task: UnitTask | SketchTask, device: str):
+    """(model, len(tokenizer)) of the task's checkpoint, verified against the planned commit."""
+    ref = task.checkpoint
+    if ref.source == "local":
+        folder, commit = local_checkpoint(Path(ref.model), ref.revision)
+    else:
+        folder, commit = fetch_snapshot(
+            ref.model,
+            ref.revision,
+            task.hub_dir,
+            local_only=ref.local_only,
+            allow_pickle=task.allow_pickle,
+        )
+    if commit != task.commit:
+        raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
+    model = load_model(
+        folder,
+        task.dtype,
+        device,
+        trust_remote_code=task.trust_remote_code,
+        allow_pickle=task.allow_pickle,
+    )
+    return model, len(load_tokenizer(folder, trust_remote_code=task.trust_remote_code))
+
+
+def run_sketch(task: SketchTask, device: str) -> ReferenceSketch:
+    model, vocab_size = load_checkpoint(task, device)
+    tokens = torch.from_numpy(task.token_ids)
+    capture = capture_forward(model, tokens, {Need.HIDDEN_STATES}, task.batch_size, vocab_size)
+    positions = sample_positions(tokens.numel(), task.max_tokens, task.seed)
+    layers = sketch_hidden_states(capture.hidden_states, positions)
+    return ReferenceSketch(task.commit, task.input_set_id, positions, layers)
+
+
+def run_unit(
+    task: UnitTask, device: str, references: dict[str, ReferenceSketch] | None = None
+) -> UnitResult:
     ref = task.checkpoint
     result = UnitResult(ref, task.commit, device=device)
     started = time.perf_counter()
+    references = references or {}
 
     def fail(cells: list[Cell], error: str) -> None:
         result.failures += [
@@ -67,26 +125,7 @@ def run_unit(task: UnitTask, device: str) -> UnitResult:
         ]
 
     try:
-        if ref.source == "local":
-            folder, commit = local_checkpoint(Path(ref.model), ref.revision)
-        else:
-            folder, commit = fetch_snapshot(
-                ref.model,
-                ref.revision,
-                task.hub_dir,
-                local_only=ref.local_only,
-                allow_pickle=task.allow_pickle,
-            )
-        if commit != task.commit:
-            raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
-        model = load_model(
-            folder,
-            task.dtype,
-            device,
-            trust_remote_code=task.trust_remote_code,
-            allow_pickle=task.allow_pickle,
-        )
-        vocab_size = len(load_tokenizer(folder, trust_remote_code=task.trust_remote_code))
+        model, vocab_size = load_checkpoint(task, device)
     except Exception as err:
         fail(task.cells, f"load: {_one_line(err)}")
         result.seconds = time.perf_counter() - started
@@ -109,8 +148,16 @@ def run_unit(task: UnitTask, device: str) -> UnitResult:
         for cell in cells:
             definition = definitions[cell.key]
             cell_started = time.perf_counter()
+            if definition.cross_checkpoint:
+                capture.reference = references.get(cell.reference_key)
+                if capture.reference is None:
+                    reason = task.reference_errors.get(cell.reference_key or ref.model, "")
+                    fail([cell], f"{cell.analysis}: reference sketch unavailable {reason}".strip())
+                    continue
             try:
-                params = definition.params_model.model_validate_json(cell.params_json)
+                params = definition.params_model.model_validate_json(
+                    cell.run_params_json or cell.params_json
+                )
                 values = definition.run(capture, params)
             except Exception as err:
                 fail([cell], f"{cell.analysis}: {_one_line(err)}")

@@ -59,3 +59,13 @@ def naive_linearity(x: np.ndarray, y: np.ndarray) -> float:
     y = y / np.linalg.norm(y)
     a = np.linalg.pinv(x) @ y
     return float(1 - np.linalg.norm(x @ a - y) ** 2)
+
+
+def hsic_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """CKA through n x n Gram matrices and the centring matrix H (Kornblith et al., eq. 3)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = len(x)
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l_ = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return float(np.trace(k @ l_) / np.sqrt(np.trace(k @ k) * np.trace(l_ @ l_)))

@@ -55,6 +55,7 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
         "logit_lens": n_checkpoints * (layers + 1),
         "head_rank_proxy": n_checkpoints * (7 + 1),
         "intrinsic_dimension": n_checkpoints * (layers + 1) * 2,
+        "cka": n_checkpoints * (layers + 1),
     }
     assert set(per_analysis) == set(registered_analyses()) - {"dispersion", "neuron_entropy"}
     # dispersion: every layer, plus cluster rows whose number depends on the text.
