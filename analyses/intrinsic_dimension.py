@@ -72,7 +72,8 @@ def intrinsic_dimension(capture: Capture, params: IntrinsicDimensionParams) -> l
     rows = []
     generator = torch.Generator().manual_seed(params.seed)
     for k, h in enumerate(capture.require("hidden_states")):
-        points = torch.unique(h.reshape(-1, h.shape[-1]).to(torch.float64), dim=0)
+        # Deduplicate in the captured dtype (a float64 copy of all N vectors is not needed).
+        points = torch.unique(h.reshape(-1, h.shape[-1]), dim=0)
         if points.shape[0] > params.max_points:
             chosen = torch.randperm(points.shape[0], generator=generator)[: params.max_points]
             points = points[chosen.to(points.device)]

@@ -19,15 +19,19 @@ def token_entropy(activations: torch.Tensor, token_ids: torch.Tensor) -> torch.T
 
     activations [N, m], token_ids [N] -> [m]; NaN for a neuron with no positive activation.
     p_v = sum_{t: x_t = v} relu(a_t) / sum_t relu(a_t),  H = -sum_v p_v ln p_v.
+    Neurons are processed NEURON_CHUNK at a time: memory O((N + types) * chunk), float64.
     """
-    positive = activations.to(torch.float64).clamp_min(0)
-    types, inverse = torch.unique(token_ids, return_inverse=True)
-    mass = torch.zeros(len(types), positive.shape[1], dtype=torch.float64, device=positive.device)
-    mass.index_add_(0, inverse.to(positive.device), positive)  # [types, m]
-    total = mass.sum(0)
-    p = mass / total
-    h = -torch.xlogy(p, p).sum(0)
-    return torch.where(total > 0, h, torch.nan)
+    types, inverse = torch.unique(token_ids.to(activations.device), return_inverse=True)
+    out = []
+    for start in range(0, activations.shape[1], NEURON_CHUNK):
+        positive = activations[:, start : start + NEURON_CHUNK].to(torch.float64).clamp_min(0)
+        mass = positive.new_zeros(len(types), positive.shape[1])
+        mass.index_add_(0, inverse, positive)  # [types, chunk]
+        total = mass.sum(0)
+        p = mass / total
+        h = -torch.xlogy(p, p).sum(0)
+        out.append(torch.where(total > 0, h, torch.nan))
+    return torch.cat(out)
 
 
 def semantic_entropy(
@@ -79,7 +83,8 @@ def _summary(name: str, values: torch.Tensor, layer: int) -> list[MetricValue]:
     defined = values[~values.isnan()]
     if defined.numel() == 0:
         return []
-    quantiles = torch.quantile(defined, torch.tensor([0.1, 0.5, 0.9], dtype=defined.dtype))
+    levels = torch.tensor([0.1, 0.5, 0.9], dtype=defined.dtype, device=defined.device)
+    quantiles = torch.quantile(defined, levels)
     return [
         MetricValue(f"{name}_mean", float(defined.mean()), layer),
         MetricValue(f"{name}_p10", float(quantiles[0]), layer),

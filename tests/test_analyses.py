@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analyses.anisotropy import AnisotropyParams, anisotropy, mean_pairwise_cosine
 from analyses.capture import Capture, MissingCapture
@@ -145,3 +147,11 @@ def test_saturation_is_the_token_weighted_mean():
     rows = {r.metric: r.value for r in saturation(Capture(token_nll=nll), NoParams())}
     assert rows["cross_entropy"] == pytest.approx(24 / 6)
     assert rows["num_predicted_tokens"] == 6
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2_000, 6_000), d=st.integers(8, 64))
+def test_anisotropy_of_an_isotropic_gaussian_is_near_zero(seed, n, d):
+    # E[A] = 0 and sd(A) ~ sqrt(2 / d) / N: allow six standard deviations.
+    x = torch.from_numpy(np.random.default_rng(seed).normal(size=(n, d)))
+    assert abs(mean_pairwise_cosine(x)) < 6 * math.sqrt(2 / d) / n + 1e-12

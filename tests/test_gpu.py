@@ -1,4 +1,5 @@
-"""CUDA: a unit run on the GPU gives the CPU's numbers (fp32) and close ones in bf16."""
+"""CUDA: a unit run on the GPU gives the CPU's numbers (fp32) and close ones in bf16, for
+every single-checkpoint analysis."""
 
 from __future__ import annotations
 
@@ -11,20 +12,32 @@ from orchestrator.worker import UnitTask, pick_device, run_unit
 
 pytestmark = pytest.mark.gpu
 
-CELLS = [
-    Cell("sat", "saturation", "saturation", 1, "{}", "h", "a", "id-a"),
-    Cell("ani", "anisotropy", "anisotropy", 1, '{"drop_first_position":false}', "h", "a", "id-a"),
-    Cell(
-        "se",
-        "singular_entropy",
-        "singular_entropy",
+ANALYSES = (
+    "saturation",
+    "anisotropy",
+    "singular_entropy",
+    "linearity",
+    "logit_lens",
+    "head_rank_proxy",
+    "dispersion",
+    "intrinsic_dimension",
+    "neuron_entropy",
+)
+
+
+def _cell(name: str) -> Cell:
+    """A cell with the analysis' default params (cka needs a reference sketch: not here)."""
+    weights_only = name == "singular_entropy"
+    return Cell(
+        name,
+        name,
+        name,
         1,
-        '{"trim_padded_rows":true}',
+        "{}",
         "h",
-        None,
-        None,
-    ),
-]
+        None if weights_only else "a",
+        None if weights_only else "id-a",
+    )
 
 
 def _values(pico_hub, device: str, dtype: str) -> dict:
@@ -35,7 +48,7 @@ def _values(pico_hub, device: str, dtype: str) -> dict:
     task = UnitTask(
         CheckpointRef("pico/pico-s", "step100", 100, "hub", local_only=True),
         folder.rsplit("/", 1)[1],
-        CELLS,
+        [_cell(a) for a in ANALYSES],
         {"a": tokens},
         pico_hub,
         dtype,
@@ -46,7 +59,7 @@ def _values(pico_hub, device: str, dtype: str) -> dict:
     result = run_unit(task, device)
     assert not result.failures, result.failures
     assert result.device == device and {c.device for c in result.cells} == {device}
-    return {(m.cell_key, m.metric, m.layer): m.value for m in result.metrics}
+    return {(m.cell_key, m.metric, m.layer, m.item): m.value for m in result.metrics}
 
 
 def test_cuda_matches_cpu(pico_hub):
@@ -54,12 +67,12 @@ def test_cuda_matches_cpu(pico_hub):
     cpu = _values(pico_hub, "cpu", "float32")
     cuda = _values(pico_hub, "cuda", "float32")
     assert cpu.keys() == cuda.keys()
+    assert {key[0] for key in cpu} == set(ANALYSES)
     for key, value in cpu.items():
         assert cuda[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     bf16 = _values(pico_hub, "cuda", "bfloat16")
-    assert bf16[("sat", "cross_entropy", None)] == pytest.approx(
-        cpu[("sat", "cross_entropy", None)], rel=0.02
-    )
+    ce = ("saturation", "cross_entropy", None, None)
+    assert bf16[ce] == pytest.approx(cpu[ce], rel=0.02)
     for key, value in cpu.items():
-        if key[0] == "ani":
+        if key[0] == "anisotropy":
             assert bf16[key] == pytest.approx(value, abs=0.02), key

@@ -57,8 +57,9 @@ def data():
     return acts, ids, emb
 
 
-def test_token_entropy_equals_the_loop(data):
+def test_token_entropy_equals_the_loop(data, monkeypatch):
     acts, ids, _ = data
+    monkeypatch.setattr(module, "NEURON_CHUNK", 4)  # 9 neurons: three chunks
     got = token_entropy(torch.from_numpy(acts), torch.from_numpy(ids)).numpy()
     for k in range(acts.shape[1]):
         expected = naive_token_entropy(acts, ids, k)
