@@ -113,7 +113,9 @@ def neuron_entropy(capture: Capture, params: NeuronEntropyParams) -> list[Metric
     positions, over pairs with positive activation and different tokens. Per layer (layer =
     block index 1..L, the hidden_states index the block writes): mean and 10/50/90% quantiles
     of both, ``dead_neurons`` (no positive activation, excluded), ``neurons``; per-neuron rows
-    on request (``per_neuron``). TopK-latent models are not covered yet.
+    on request (``per_neuron``). In an MLP whose activation is TopK, the captured vector is the
+    sparse latent code, so its latents are measured the same way when the model uses one of the
+    recognised MLP layouts (not yet tested: no TopK checkpoint is available offline).
     """
     ids = capture.require("input_ids").reshape(-1)
     embeddings = capture.require("input_embedding_weight")
