@@ -130,14 +130,11 @@ def run(
         InlineExecutor,
         RayExecutor,
         ResourceError,
-        local_ray_environment,
     )
     from orchestrator.runner import run_plan
 
     spec, text = _load(spec_path)
     db_path = _db(spec, db)
-    if executor == Executor.ray and address is None:
-        local_ray_environment()
     the_plan = _plan(spec, spec_path, db_path)
     if not the_plan.todo:
         console.print(

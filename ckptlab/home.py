@@ -4,7 +4,7 @@ Everything defaults under ``$CKPTLAB_HOME`` (default ``~/.cache/ckptlab``):
 
 - ``hub/``          a standard Hugging Face hub cache (the pico suite is published here)
 - ``results.duckdb`` the default results database
-- ``mlflow.db`` + ``mlartifacts/`` the default MLflow tracking store
+- ``mlflow.db`` + ``mlartifacts/`` the default MLflow tracking store (artifacts beside it)
 """
 
 from __future__ import annotations
@@ -30,7 +30,3 @@ def default_db_path() -> Path:
 
 def default_tracking_uri() -> str:
     return f"sqlite:///{ckptlab_home() / 'mlflow.db'}"
-
-
-def default_artifact_root() -> Path:
-    return ckptlab_home() / "mlartifacts"

@@ -134,8 +134,6 @@ ModelSource = Annotated[
 
 # ------------------------------------------------------------------------------- input sets
 
-BUILTIN_CORPORA = ("pydoc_topics", "stdlib_code")
-
 
 class InputSet(Strict):
     """Token windows cut from a corpus: ``num_sequences`` windows of ``seq_len`` tokens, their

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from analyses.registry import AnalysisDef, get_analysis
 from ckptlab.catalog import SUITES
-from ckptlab.hub import CheckpointError, local_checkpoint, resolve_commits
+from ckptlab.hub import (
+    CheckpointError,
+    fetch_snapshot,
+    load_tokenizer,
+    local_checkpoint,
+    resolve_commits,
+)
 from ckptlab.inputs import MaterializedInputSet, materialize
 from ckptlab.spec import (
     HubModels,
@@ -79,6 +85,12 @@ class Unit:
     error: str | None = None
     cells: list[Cell] = field(default_factory=list)  # every cell the spec asks for
     missing: list[Cell] = field(default_factory=list)  # those not yet in the results DB
+
+    @property
+    def stored_keys(self) -> list[str]:
+        """Keys of this unit's cells that the results DB already has."""
+        missing = {c.key for c in self.missing}
+        return [c.key for c in self.cells if c.key and c.key not in missing]
 
 
 @dataclass
@@ -188,8 +200,6 @@ def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str
 
 
 def tokenizer_folder(ref: CheckpointRef, hub_dir: Path) -> Path:
-    from ckptlab.hub import fetch_snapshot
-
     if ref.source == "local":
         return Path(ref.model) / ref.revision
     return fetch_snapshot(ref.model, ref.revision, hub_dir, local_only=ref.local_only)[0]
@@ -235,8 +245,6 @@ def pick_references(
 def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
     cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
-    from ckptlab.hub import load_tokenizer
-
     refs = expand_checkpoints(spec)
     commits = resolve(refs, hub_dir)
     definitions = {entry.key: get_analysis(entry.name) for entry in spec.analyses}

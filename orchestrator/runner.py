@@ -27,10 +27,10 @@ from analyses.capture import ReferenceSketch
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage
 from ckptlab.results import ResultStore
-from ckptlab.rows import CheckpointRow, FailureRow
+from ckptlab.rows import CheckpointRow
 from ckptlab.spec import Spec
 from orchestrator.plan import Plan, Unit, build_plan
-from orchestrator.worker import SketchTask, UnitResult, UnitTask
+from orchestrator.worker import SketchTask, UnitResult, UnitTask, failure_rows
 
 
 @dataclass
@@ -173,26 +173,15 @@ def _checkpoint_row(unit: Unit) -> CheckpointRow:
 
 
 def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
-    ref = task.checkpoint
     message = f"worker: {type(err).__name__}: {err}".replace("\n", " ")[:2000]
-    result = UnitResult(ref, task.commit)
-    result.failures = [
-        FailureRow(
-            ref.model, ref.revision, ref.step, task.commit, c.analysis, c.input_set_id, message
-        )
-        for c in task.cells
-    ]
+    result = UnitResult(task.checkpoint, task.commit)
+    result.failures = failure_rows(task.checkpoint, task.commit, task.cells, message)
     return result
 
 
 def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
     """Stored values of the plan's already-done cells, so each MLflow run shows whole curves."""
-    done = [
-        c.key
-        for u in plan.units
-        for c in u.cells
-        if c.key and c.key not in {m.key for m in u.missing}
-    ]
+    done = [key for u in plan.units for key in u.stored_keys]
     if not done:
         return {}
     frame = store.query(
@@ -246,19 +235,7 @@ class _Lifecycle:
                 self.log(unit, done_here)
 
     def record_unresolved(self, unit: Unit) -> int:
-        ref = unit.checkpoint
-        failures = [
-            FailureRow(
-                ref.model,
-                ref.revision,
-                ref.step,
-                None,
-                c.analysis,
-                c.input_set_id,
-                f"resolve: {unit.error}",
-            )
-            for c in unit.missing
-        ]
+        failures = failure_rows(unit.checkpoint, None, unit.missing, f"resolve: {unit.error}")
         self.store.write_failures(self.run_id, failures)
         return len(failures)
 

@@ -64,6 +64,16 @@ class UnitResult:
     device: str = "cpu"
 
 
+def failure_rows(
+    ref: CheckpointRef, commit: str | None, cells: list[Cell], error: str
+) -> list[FailureRow]:
+    """One failure row per cell that could not be computed on this checkpoint."""
+    return [
+        FailureRow(ref.model, ref.revision, ref.step, commit, c.analysis, c.input_set_id, error)
+        for c in cells
+    ]
+
+
 def pick_device(want_gpu: bool) -> str:
     return "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
 
@@ -117,12 +127,7 @@ def run_unit(
     references = references or {}
 
     def fail(cells: list[Cell], error: str) -> None:
-        result.failures += [
-            FailureRow(
-                ref.model, ref.revision, ref.step, task.commit, c.analysis, c.input_set_id, error
-            )
-            for c in cells
-        ]
+        result.failures += failure_rows(ref, task.commit, cells, error)
 
     try:
         model, vocab_size = load_checkpoint(task, device)

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from ckptlab.catalog import SUITES, pico_schedule
-from ckptlab.corpora import documents
+from ckptlab.corpora import documents, split_of, stdlib_code
 from ckptlab.pico.publish import publish_revision, published_revisions
 
 EOS = "<|endoftext|>"
@@ -80,8 +80,6 @@ def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 def training_texts(recipe: PicoRecipe) -> list[str]:
-    from ckptlab.corpora import split_of, stdlib_code
-
     prose = documents("pydoc_topics", "train")
     code = [t for i, t in stdlib_code(recipe.code_bytes) if split_of(i) == "train"]
     return prose + code
