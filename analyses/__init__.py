@@ -5,6 +5,7 @@ from analyses import (  # noqa: F401
     cka,
     dispersion,
     head_rank_proxy,
+    icl,
     intrinsic_dimension,
     linearity,
     logit_lens,

@@ -62,6 +62,8 @@ class Capture:
     tokenizer_vocab_size: int | None = None  # len(tokenizer); rows beyond it are padding
     final_norm: torch.nn.Module | None = None  # READOUT: applied before the head
     reference: ReferenceSketch | None = None  # REFERENCE: set per cell by the worker
+    model: torch.nn.Module | None = None  # MODEL: the causal LM itself, in eval mode
+    tokenizer: object | None = None  # MODEL: its tokenizer (a transformers tokenizer)
 
     def readout_logits(self, hidden: torch.Tensor, normed: bool = False) -> torch.Tensor:
         """Logits [..., vocab] in float32 of hidden states [..., d_model] read through the final

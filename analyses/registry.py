@@ -25,6 +25,7 @@ class Need(StrEnum):
     EMBEDDINGS = "embeddings"  # the input embedding weight [vocab, d_model]
     MLP_ACTIVATIONS = "mlp_activations"  # each block's MLP neurons: the out-projection's input
     REFERENCE = "reference"  # another checkpoint's sketch (cross-checkpoint analyses)
+    MODEL = "model"  # the model and tokenizer, for analyses that run their own prompts (ICL)
 
 
 # Needs that require running the model on an input set; an analysis with none of them is
@@ -44,9 +45,15 @@ class MetricValue:
     value: float
     layer: int | None = None  # hidden_states index; None when the metric is not per layer
     item: int | None = None  # index within the layer (a neuron) for per-item rows
+    task: str | None = None  # ICL: the task (variant) the value is about
+    shots: int | None = None  # ICL: number of demonstrations in the prompt
+    task_seed: int | None = None  # ICL: the seed of labels, permutation and sampled prompts
 
 
 AnalysisFn = Callable[[Capture, BaseModel], list[MetricValue]]
+# Content an analysis reads beyond its params (e.g. task data files), as a JSON-able summary
+# (fingerprints) that the plan adds to the cell key: changed data, new cells.
+ContextFn = Callable[[BaseModel], dict]
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class AnalysisDef:
     params_model: type[BaseModel]
     fn: AnalysisFn
     doc: str
+    context: ContextFn | None = None
 
     @property
     def needs_forward_pass(self) -> bool:
@@ -74,7 +82,12 @@ _REGISTRY: dict[str, AnalysisDef] = {}
 
 
 def analysis(
-    *, name: str, version: int, needs: set[Need], params: type[BaseModel] = NoParams
+    *,
+    name: str,
+    version: int,
+    needs: set[Need],
+    params: type[BaseModel] = NoParams,
+    context: ContextFn | None = None,
 ) -> Callable[[AnalysisFn], AnalysisFn]:
     """Register ``fn`` as analysis ``name``. Duplicate names and missing docstrings are errors."""
 
@@ -89,7 +102,7 @@ def analysis(
         # model's final norm (logit lens) would build an autograd graph.
         no_grad_fn = torch.inference_mode()(fn)
         _REGISTRY[name] = AnalysisDef(
-            name, version, frozenset(needs), params, no_grad_fn, fn.__doc__
+            name, version, frozenset(needs), params, no_grad_fn, fn.__doc__, context
         )
         return no_grad_fn
 

@@ -51,7 +51,7 @@ def _plan(spec: Spec, spec_path: Path, db_path: Path):
 
     try:
         return make_plan(spec, db_path, hub_cache_dir())
-    except InputSetError as err:
+    except (InputSetError, SpecError) as err:  # SpecError: e.g. an ICL task file is missing
         raise _fail(f"{spec_path}: {err}", 2) from None
 
 
@@ -225,6 +225,32 @@ def query(
         output.write_text(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+def prompts(
+    cell_key: Annotated[str, typer.Argument(help="An icl cell's key (results.cell_key).")],
+    task: Annotated[str, typer.Option("--task", help="The task's name in results.task.")],
+    shots: Annotated[int, typer.Option("--shots", help="Number of demonstrations.")],
+    seed: Annotated[int | None, typer.Option("--seed", help="Default: the cell's first.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Prompts to print.")] = 3,
+    db: DbOption = None,
+) -> None:
+    """Print the exact prompts an icl cell scored, rebuilt from its stored params and commit."""
+    from ckptlab.icl.replay import ReplayError, stored_prompts
+    from ckptlab.results import ResultStore
+
+    try:
+        candidates, batch = stored_prompts(
+            ResultStore(_db(None, db)), cell_key, task, shots, seed, hub_cache_dir()
+        )
+    except (ReplayError, FileNotFoundError) as err:
+        raise _fail(str(err), 1) from None
+    for i in range(min(limit, len(batch.prompts))):
+        gold = candidates[batch.gold[i]]
+        console.rule(f"prompt {i}: {len(batch.prompts[i])} tokens, gold label {gold!r}")
+        sys.stdout.write(batch.texts[i] + "\n")
+        sys.stdout.flush()
 
 
 @app.command("analyses")

@@ -46,11 +46,15 @@ CREATE TABLE IF NOT EXISTS cells (
 CREATE TABLE IF NOT EXISTS metrics (
     cell_key VARCHAR, layer INTEGER, metric VARCHAR, value DOUBLE, item INTEGER);
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS item INTEGER;
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS task VARCHAR;
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS shots INTEGER;
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS task_seed INTEGER;
 CREATE TABLE IF NOT EXISTS failures (
     run_id VARCHAR, model VARCHAR, revision VARCHAR, step BIGINT, commit_sha VARCHAR,
     analysis VARCHAR, input_set_id VARCHAR, error VARCHAR, failed_at TIMESTAMP);
 CREATE OR REPLACE VIEW results AS
 SELECT ch.model, ch.revision, ch.step, c.analysis, m.layer, m.metric, m.value, m.item,
+       m.task, m.shots, m.task_seed,
        ch.suite, ch.size, ch.seed, c.commit_sha, i.name AS input_set, c.input_set_id,
        c.analysis_version, c.params_hash, c.params_json, c.dtype, r.spec_name, r.spec_hash,
        c.run_id, c.cell_key, c.computed_at
@@ -251,20 +255,37 @@ class ResultStore:
             metrics = [m for m in metrics if m.cell_key in inserted]
             if metrics:
                 frame = pl.DataFrame(
-                    [(m.cell_key, m.layer, m.metric, m.value, m.item) for m in metrics],
+                    [
+                        (
+                            m.cell_key,
+                            m.layer,
+                            m.metric,
+                            m.value,
+                            m.item,
+                            m.task,
+                            m.shots,
+                            m.task_seed,
+                        )
+                        for m in metrics
+                    ],
                     schema={
                         "cell_key": pl.String,
                         "layer": pl.Int32,
                         "metric": pl.String,
                         "value": pl.Float64,
                         "item": pl.Int32,
+                        "task": pl.String,
+                        "shots": pl.Int32,
+                        "task_seed": pl.Int32,
                     },
                     orient="row",
                 )
                 con.register("new_metrics", frame)
                 con.execute(
-                    "INSERT INTO metrics (cell_key, layer, metric, value, item)"
-                    " SELECT cell_key, layer, metric, value, item FROM new_metrics"
+                    "INSERT INTO metrics"
+                    " (cell_key, layer, metric, value, item, task, shots, task_seed)"
+                    " SELECT cell_key, layer, metric, value, item, task, shots, task_seed"
+                    " FROM new_metrics"
                 )
                 con.unregister("new_metrics")
             _insert_failures(con, run_id, failures)

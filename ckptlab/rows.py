@@ -38,6 +38,9 @@ class MetricRow:
     metric: str
     value: float
     item: int | None = None
+    task: str | None = None
+    shots: int | None = None
+    task_seed: int | None = None
 
 
 @dataclass(frozen=True)

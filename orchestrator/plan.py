@@ -242,6 +242,22 @@ def pick_references(
     return chosen, errors
 
 
+def analysis_contexts(spec: Spec) -> dict[str, dict]:
+    """Entry key -> what each analysis reads beyond its params (data fingerprints), computed
+    once on the driver; unusable data is a spec error naming the entry."""
+    contexts = {}
+    for i, entry in enumerate(spec.analyses):
+        definition = get_analysis(entry.name)
+        if definition.context is None:
+            continue
+        params = definition.params_model.model_validate(entry.params)
+        try:
+            contexts[entry.key] = {"context": definition.context(params)}
+        except ValueError as err:
+            raise SpecError(f"analyses[{i}].params", str(err)) from None
+    return contexts
+
+
 def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
     cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
@@ -249,6 +265,7 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     commits = resolve(refs, hub_dir)
     definitions = {entry.key: get_analysis(entry.name) for entry in spec.analyses}
     reference_of, reference_errors = pick_references(spec, refs, commits)
+    contexts = analysis_contexts(spec)
     input_sets: dict[str, dict[str, MaterializedInputSet]] = {}
     units: list[Unit] = []
     references: dict[str, ReferenceSpec] = {}
@@ -273,7 +290,7 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
         for entry in spec.analyses:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)
-            resolved_params = params.model_dump(mode="json")
+            resolved_params = params.model_dump(mode="json") | contexts.get(entry.key, {})
             reference = reference_of.get((ref.model, entry.key))
             if reference is not None:
                 # The reference's commit is part of the cell: a new reference, new cells.

@@ -185,14 +185,22 @@ def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
     if not done:
         return {}
     frame = store.query(
-        "SELECT cell_key, layer, metric, value FROM metrics"
+        "SELECT cell_key, layer, metric, value, task, shots, task_seed FROM metrics"
         " WHERE cell_key IN (SELECT unnest(?)) AND item IS NULL",
         [done],
     )
     values: dict[str, list[tuple]] = {}
-    for key, layer, metric, value in frame.iter_rows():
-        values.setdefault(key, []).append((metric, layer, value))
+    for key, layer, metric, value, task, shots, task_seed in frame.iter_rows():
+        name = faceted_metric_name(metric, task, shots, task_seed)
+        values.setdefault(key, []).append((name, layer, value))
     return values
+
+
+def faceted_metric_name(metric: str, task: str | None, shots: int | None, seed: int | None) -> str:
+    """An MLflow name for a value with ICL facets: ``category/accuracy/shots_4/seed_0``."""
+    if task is None:
+        return metric
+    return f"{task}/{metric}/shots_{shots}/seed_{seed}"
 
 
 class _Lifecycle:
@@ -247,7 +255,8 @@ class _Lifecycle:
         values: dict[str, list[tuple]] = {}
         for m in result.metrics:
             if m.item is None:  # per-item rows (e.g. per neuron) stay in DuckDB only
-                values.setdefault(m.cell_key, []).append((m.metric, m.layer, m.value))
+                name = faceted_metric_name(m.metric, m.task, m.shots, m.task_seed)
+                values.setdefault(m.cell_key, []).append((name, m.layer, m.value))
         self.log(unit, values)
 
     def finish(self, status: str, summary: RunSummary) -> None:

@@ -85,7 +85,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def load_checkpoint(task: UnitTask | SketchTask, device: str):
-    """(model, len(tokenizer)) of the task's checkpoint, verified against the planned commit."""
+    """(model, tokenizer) of the task's checkpoint, verified against the planned commit."""
     ref = task.checkpoint
     if ref.source == "local":
         folder, commit = local_checkpoint(Path(ref.model), ref.revision)
@@ -106,13 +106,13 @@ def load_checkpoint(task: UnitTask | SketchTask, device: str):
         trust_remote_code=task.trust_remote_code,
         allow_pickle=task.allow_pickle,
     )
-    return model, len(load_tokenizer(folder, trust_remote_code=task.trust_remote_code))
+    return model, load_tokenizer(folder, trust_remote_code=task.trust_remote_code)
 
 
 def run_sketch(task: SketchTask, device: str) -> ReferenceSketch:
-    model, vocab_size = load_checkpoint(task, device)
+    model, tokenizer = load_checkpoint(task, device)
     tokens = torch.from_numpy(task.token_ids)
-    capture = capture_forward(model, tokens, {Need.HIDDEN_STATES}, task.batch_size, vocab_size)
+    capture = capture_forward(model, tokens, {Need.HIDDEN_STATES}, task.batch_size, len(tokenizer))
     positions = sample_positions(tokens.numel(), task.max_tokens, task.seed)
     layers = sketch_hidden_states(capture.hidden_states, positions)
     return ReferenceSketch(task.commit, task.input_set_id, positions, layers)
@@ -130,7 +130,7 @@ def run_unit(
         result.failures += failure_rows(ref, task.commit, cells, error)
 
     try:
-        model, vocab_size = load_checkpoint(task, device)
+        model, tokenizer = load_checkpoint(task, device)
     except Exception as err:
         fail(task.cells, f"load: {_one_line(err)}")
         result.seconds = time.perf_counter() - started
@@ -146,10 +146,12 @@ def run_unit(
         needs = set().union(*(d.needs for d in definitions.values()))
         tokens = torch.from_numpy(task.token_ids[input_set]) if input_set is not None else None
         try:
-            capture = capture_forward(model, tokens, needs, task.batch_size, vocab_size)
+            capture = capture_forward(model, tokens, needs, task.batch_size, len(tokenizer))
         except Exception as err:
             fail(cells, f"forward: {_one_line(err)}")
             continue
+        if Need.MODEL in needs:
+            capture.model, capture.tokenizer = model, tokenizer
         for cell in cells:
             definition = definitions[cell.key]
             cell_started = time.perf_counter()
@@ -182,7 +184,10 @@ def run_unit(
                 )
             )
             result.metrics += [
-                MetricRow(cell.key, v.layer, v.metric, v.value, v.item) for v in values
+                MetricRow(
+                    cell.key, v.layer, v.metric, v.value, v.item, v.task, v.shots, v.task_seed
+                )
+                for v in values
             ]
         del capture
     result.seconds = time.perf_counter() - started

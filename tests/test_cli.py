@@ -134,3 +134,24 @@ def test_an_input_set_larger_than_its_corpus_is_a_bad_spec(tmp_path, pico_hub):
     assert "input_sets.prose: builtin:pydoc_topics/heldout has" in result.output
     assert "100000 requested" in result.output
     assert not (tmp_path / "r.duckdb").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("{data: {file: /no/such/tasks.jsonl}}", "task data file not found: /no/such/tasks.jsonl"),
+        ("{data: category, template: 'no slots'}", "template must contain {input} exactly once"),
+        ("{data: planets}", "analyses[0].params.tasks[0].data: Input should be 'category'"),
+    ],
+)
+def test_a_bad_icl_task_is_a_bad_spec(tmp_path, pico_hub, task: str, message: str):
+    spec = tmp_path / "icl.yaml"
+    spec.write_text(
+        "name: bad-icl\nmodels: [{suite: pico, sizes: [xs], steps: [0]}]\n"
+        f"analyses:\n  - name: icl\n    params: {{tasks: [{task}]}}\n"
+    )
+    db = tmp_path / "r.duckdb"
+    result = CliRunner().invoke(app, ["run", str(spec), "--db", str(db), "--executor", "inline"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not db.exists()  # nothing written

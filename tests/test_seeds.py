@@ -21,6 +21,8 @@ def seeds_run(tmp_path_factory, pico_hub, ray_session):
     spec = yaml.safe_load(SEEDS.read_text())
     spec["models"][0].update(sizes=["xs", "s"], steps=[0, 64, 100])  # what the fixture built
     spec["input_sets"][0].update(num_sequences=8, seq_len=64)
+    icl = next(e for e in spec["analyses"] if e["name"] == "icl")
+    icl["params"]["n_test"] = 8
     for entry in spec["analyses"]:
         if entry["name"] == "neuron_entropy":
             entry["params"]["per_neuron"] = True
@@ -56,6 +58,7 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
         "head_rank_proxy": n_checkpoints * (7 + 1),
         "intrinsic_dimension": n_checkpoints * (layers + 1) * 2,
         "cka": n_checkpoints * (layers + 1),
+        "icl": n_checkpoints * 2 * 3 * 9,  # 2 tasks x 3 shot counts x 9 metrics
     }
     assert set(per_analysis) == set(registered_analyses()) - {"dispersion", "neuron_entropy"}
     # dispersion: every layer, plus cluster rows whose number depends on the text.
