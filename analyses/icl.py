@@ -109,8 +109,8 @@ def _baseline(instance: TaskInstance, batch, tokenizer, key: str, seed: int) -> 
     context=task_fingerprints,
 )
 def icl(capture: Capture, params: IclParams) -> list[MetricValue]:
-    """In-context learning on structured tasks (Li, Hou, Sachan, Cotterell, ACL 2024, "Language
-    Models Can Do In-Context Learning by Structured Task Selection"; definitions in
+    """In-context learning on structured tasks (Li, Hou, Sachan, Cotterell, ACL 2024, "What Do
+    Language Models Learn in Context? The Structured Task Hypothesis"; task variants in
     ckptlab/icl/tasks.py).
 
     A prompt is L demonstrations rendered with the task's template, then the query up to its

@@ -1,8 +1,8 @@
-"""Plot ICL accuracy against training step, one line per number of demonstrations, from a
-results database (read-only): the README's figure.
+"""The README's ICL figure, from a results database (read-only): accuracy of one task against
+training step, one line per number of demonstrations L (one model size), and accuracy against
+L averaged over late checkpoints, one line per size.
 
-    python bench/plot_icl.py --db ~/.cache/ckptlab/results.duckdb --task category/memo_random \
-        --out docs/icl_pico.png
+    python bench/plot_icl.py --db ~/.cache/ckptlab/results.duckdb --out docs/icl_pico.png
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import polars as pl
 
 from ckptlab.home import default_db_path
 from ckptlab.results import ResultStore
 
 SQL = """
-SELECT size, step, shots, avg(value) AS accuracy,
-       any_value(chance) AS chance
-FROM results
-JOIN (SELECT cell_key, task, shots, task_seed, value AS chance FROM results
-      WHERE metric = 'chance_accuracy') USING (cell_key, task, shots, task_seed)
-WHERE analysis = 'icl' AND metric = 'accuracy' AND task = ?
+SELECT size, step, shots, avg(value) FILTER (metric = 'accuracy') AS accuracy,
+       avg(value) FILTER (metric = 'chance_accuracy') AS chance,
+       sum(value) FILTER (metric = 'n_prompts') AS prompts
+FROM results WHERE analysis = 'icl' AND task = ?
 GROUP BY size, step, shots ORDER BY size, shots, step
 """
 
@@ -33,22 +32,42 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", type=Path, default=default_db_path())
     parser.add_argument("--task", default="category/memo_random")
+    parser.add_argument("--size", default="s", help="the size of the left panel")
+    parser.add_argument("--late", type=int, default=300, help="right panel: steps >= this")
     parser.add_argument("--out", type=Path, default=Path("docs/icl_pico.png"))
     args = parser.parse_args()
     frame = ResultStore(args.db).query(SQL, [args.task])
-    sizes = frame["size"].unique(maintain_order=True).to_list()
-    figure, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.2), sharey=True)
-    for axis, size in zip(list(axes) if len(sizes) > 1 else [axes], sizes, strict=True):
-        rows = frame.filter(frame["size"] == size)
-        for shots in rows["shots"].unique().sort().to_list():
-            line = rows.filter(rows["shots"] == shots)
-            axis.plot(line["step"], line["accuracy"], marker=".", label=f"L={shots}")
-        axis.axhline(rows["chance"][0], color="grey", linestyle="--", label="chance")
-        axis.set_xscale("symlog", linthresh=10)
-        axis.set_title(f"pico-{size}: {args.task}")
-        axis.set_xlabel("training step")
-    (list(axes) if len(sizes) > 1 else [axes])[0].set_ylabel("accuracy")
-    axis.legend(fontsize=7)
+    chance = frame["chance"][0]
+    figure, (over_steps, over_shots) = plt.subplots(1, 2, figsize=(10, 3.6))
+
+    one = frame.filter(pl.col("size") == args.size)
+    for shots in one["shots"].unique().sort().to_list():
+        line = one.filter(pl.col("shots") == shots)
+        over_steps.plot(line["step"], line["accuracy"], marker=".", label=f"L = {shots}")
+    over_steps.axhline(chance, color="grey", linestyle="--", label="chance")
+    over_steps.set_xscale("symlog", linthresh=1)
+    over_steps.set_xlabel("training step")
+    over_steps.set_ylabel("accuracy")
+    n = int(one["prompts"].max())
+    over_steps.set_title(f"pico-{args.size}, {args.task} ({n} prompts per point)", fontsize=9)
+    over_steps.legend(fontsize=7, ncol=2)
+
+    late = (
+        frame.filter(pl.col("step") >= args.late)
+        .group_by("size", "shots")
+        .agg(pl.col("accuracy").mean(), pl.col("prompts").sum())
+        .sort("size", "shots")
+    )
+    for size in late["size"].unique().sort().to_list():
+        line = late.filter(pl.col("size") == size)
+        over_shots.plot(line["shots"], line["accuracy"], marker="o", label=f"pico-{size}")
+    over_shots.axhline(chance, color="grey", linestyle="--", label="chance")
+    over_shots.set_xscale("symlog", linthresh=1)
+    over_shots.set_xlabel("demonstrations L")
+    over_shots.set_title(
+        f"mean over steps >= {args.late} ({int(late['prompts'].max())} prompts)", fontsize=9
+    )
+    over_shots.legend(fontsize=7)
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=110)

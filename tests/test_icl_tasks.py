@@ -175,3 +175,24 @@ def test_jsonl_task_data(tmp_path: Path):
     path.write_text('{"text": "x"}\n')
     with pytest.raises(TaskDataError, match=r"reviews\.jsonl:1: KeyError"):
         load_task_data(spec)
+
+
+def test_hub_dataset_task_reads_the_hub_cache(tmp_path: Path):
+    """A hub dataset task goes through hf_hub_download; offline it is served from the cache
+    (the standard layout: refs/main -> snapshots/<commit>/<file>), and a dataset that is not
+    there is a one-line error."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "datasets--someone--reviews"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    rows = [{"input": f"text {i}", "label": "a" if i % 3 else "b"} for i in range(9)]
+    (snapshot / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = TaskSpec.model_validate({"data": {"hub": "someone/reviews", "filename": "test.jsonl"}})
+    data = load_task_data(spec, hub_dir=tmp_path)
+    assert [e.label for e in data.examples] == [r["label"] for r in rows]
+    assert spec.label == "test"
+    missing = TaskSpec.model_validate({"data": {"hub": "someone/absent", "filename": "x.jsonl"}})
+    with pytest.raises(TaskDataError, match="dataset someone/absent/x.jsonl"):
+        load_task_data(missing, hub_dir=tmp_path)
