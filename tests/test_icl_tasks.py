@@ -194,5 +194,5 @@ def test_hub_dataset_task_reads_the_hub_cache(tmp_path: Path):
     assert [e.label for e in data.examples] == [r["label"] for r in rows]
     assert spec.label == "test"
     missing = TaskSpec.model_validate({"data": {"hub": "someone/absent", "filename": "x.jsonl"}})
-    with pytest.raises(TaskDataError, match="dataset someone/absent/x.jsonl"):
+    with pytest.raises(TaskDataError, match=r"dataset someone/absent/x\.jsonl"):
         load_task_data(missing, hub_dir=tmp_path)
