@@ -1,6 +1,6 @@
-"""The README's ICL figure, from a results database (read-only): accuracy of one task against
-training step, one line per number of demonstrations L (one model size), and accuracy against
-L averaged over late checkpoints, one line per size.
+"""The README's ICL figure, from a results database (read-only): one task's accuracy against
+training step, one line per number of demonstrations L (one model size), and against L averaged
+over late checkpoints, one line per size. Accuracy is the mean over task seeds.
 
     python bench/plot_icl.py --db ~/.cache/ckptlab/results.duckdb --out docs/icl_pico.png
 """
@@ -20,37 +20,36 @@ from ckptlab.home import default_db_path
 from ckptlab.results import ResultStore
 
 SQL = """
-SELECT size, step, shots, avg(value) FILTER (metric = 'accuracy') AS accuracy,
+SELECT size, step, shots,
+       avg(value) FILTER (metric = 'accuracy') AS accuracy,
        avg(value) FILTER (metric = 'chance_accuracy') AS chance,
        sum(value) FILTER (metric = 'n_prompts') AS prompts
 FROM results WHERE analysis = 'icl' AND task = ?
-GROUP BY size, step, shots ORDER BY size, shots, step
+GROUP BY ALL ORDER BY size, shots, step
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", type=Path, default=default_db_path())
-    parser.add_argument("--task", default="category/memo_random")
-    parser.add_argument("--size", default="s", help="the size of the left panel")
-    parser.add_argument("--late", type=int, default=300, help="right panel: steps >= this")
+    parser.add_argument("--task", default="category")
+    parser.add_argument("--size", default="m", help="the size of the left panel")
+    parser.add_argument("--late", type=int, default=600, help="right panel: steps >= this")
     parser.add_argument("--out", type=Path, default=Path("docs/icl_pico.png"))
     args = parser.parse_args()
     frame = ResultStore(args.db).query(SQL, [args.task])
     chance = frame["chance"][0]
-    figure, (over_steps, over_shots) = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure, (over_steps, over_shots) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
 
     one = frame.filter(pl.col("size") == args.size)
     for shots in one["shots"].unique().sort().to_list():
         line = one.filter(pl.col("shots") == shots)
         over_steps.plot(line["step"], line["accuracy"], marker=".", label=f"L = {shots}")
-    over_steps.axhline(chance, color="grey", linestyle="--", label="chance")
     over_steps.set_xscale("symlog", linthresh=1)
     over_steps.set_xlabel("training step")
     over_steps.set_ylabel("accuracy")
-    n = int(one["prompts"].max())
-    over_steps.set_title(f"pico-{args.size}, {args.task} ({n} prompts per point)", fontsize=9)
-    over_steps.legend(fontsize=7, ncol=2)
+    prompts = int(one["prompts"].max())
+    over_steps.set_title(f"pico-{args.size}, {args.task}: {prompts} prompts per point", fontsize=9)
 
     late = (
         frame.filter(pl.col("step") >= args.late)
@@ -61,13 +60,14 @@ def main() -> None:
     for size in late["size"].unique().sort().to_list():
         line = late.filter(pl.col("size") == size)
         over_shots.plot(line["shots"], line["accuracy"], marker="o", label=f"pico-{size}")
-    over_shots.axhline(chance, color="grey", linestyle="--", label="chance")
     over_shots.set_xscale("symlog", linthresh=1)
     over_shots.set_xlabel("demonstrations L")
-    over_shots.set_title(
-        f"mean over steps >= {args.late} ({int(late['prompts'].max())} prompts)", fontsize=9
-    )
-    over_shots.legend(fontsize=7)
+    title = f"mean over steps >= {args.late}: {int(late['prompts'].max())} prompts per point"
+    over_shots.set_title(title, fontsize=9)
+
+    for axis in (over_steps, over_shots):
+        axis.axhline(chance, color="grey", linestyle="--", label="chance")
+        axis.legend(fontsize=7)
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=110)

@@ -22,7 +22,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerF
 from ckptlab.catalog import SUITES, pico_schedule
 from ckptlab.corpora import documents, split_of, stdlib_code
 from ckptlab.icl.tasks import DEFAULT_TEMPLATE
-from ckptlab.pico.icl_mixture import icl_sequences, repeated_segments
+from ckptlab.pico.icl_mixture import icl_sequences, task_family_sequences
 from ckptlab.pico.publish import publish_revision, published_revisions
 
 EOS = "<|endoftext|>"
@@ -53,13 +53,11 @@ class PicoRecipe:
     lr: float = 3e-3
     warmup: int = 20
     code_bytes: int = 2_000_000  # stdlib sources in the mixture (all of pydoc topics goes in)
-    # Rows of each batch that are structured input -> label sequences under a fresh random
-    # mapping (``icl_mixture``): what gives the checkpoints in-context learning to find.
-    icl_rows: int = 4
-    repeat_rows: int = 2  # rows of a random token segment repeated (induction-head signal)
-    # The first 30% of steps train on repeated segments only (a curriculum): mixed in at a few
-    # rows from the start, copying had not formed by step 1000 in pico-s (measured, issue 4).
-    induction_warmup: float = 0.3
+    # Rows of each batch that are structured sequences (``icl_mixture``), the rest is text:
+    # lines under a fresh random mapping, and the category task under one of a fixed family
+    # of labelings (what gives the checkpoints in-context learning to find).
+    icl_rows: int = 2
+    family_rows: int = 8
     icl_template: str = DEFAULT_TEMPLATE
 
 
@@ -113,7 +111,7 @@ def model_config(size: PicoSize, recipe: PicoRecipe) -> GPTNeoXConfig:
         intermediate_size=4 * size.hidden,
         max_position_embeddings=recipe.seq_len,
         # Rotary on every head dimension: Pythia's 25% is of 64-256-dim heads; of pico's 16-dim
-        # heads it would leave 4 (ICL experiments with either setting looked alike).
+        # heads it would leave 4. The ICL mixture was tuned with this setting.
         rotary_pct=1.0,
         use_parallel_residual=True,
         tie_word_embeddings=False,
@@ -155,15 +153,16 @@ def train_one(
             template=recipe.icl_template,
         )
     )  # [max_step * icl_rows, seq_len]
-    repeats = torch.from_numpy(
-        repeated_segments(
-            np.unique(structured.numpy()[:, 1:]),  # the mapping sequences' own tokens
-            recipe.max_step * recipe.batch_size,
+    family = torch.from_numpy(
+        task_family_sequences(
+            tokenizer,
+            recipe.max_step * recipe.family_rows,
             recipe.seq_len,
-            seed + 3,
+            seed=seed + 3,
+            template=recipe.icl_template,
         )
-    )  # [max_step * batch_size, seq_len]: warm-up batches, then repeat_rows per batch
-    text_rows = recipe.batch_size - recipe.icl_rows - recipe.repeat_rows
+    )  # [max_step * family_rows, seq_len]
+    text_rows = recipe.batch_size - recipe.icl_rows - recipe.family_rows
     checkpoints = set(pico_schedule(recipe.max_step))
     report = BuildReport(repo=repo, built=True, params=sum(p.numel() for p in model.parameters()))
     recent_losses: list[float] = []
@@ -185,18 +184,11 @@ def train_one(
             publish_revision(hub_dir, repo, f"step{step}", model, tokenizer, metadata)
         if step == recipe.max_step:
             break
-        if step < recipe.induction_warmup * recipe.max_step:
-            batch = repeats[step * recipe.batch_size :][: recipe.batch_size]
-        else:
-            starts = torch.randint(
-                0, len(windows) - recipe.seq_len, (text_rows,), generator=batches
-            )
-            text = [windows[s : s + recipe.seq_len] for s in starts.tolist()]
-            icl = structured[step * recipe.icl_rows : (step + 1) * recipe.icl_rows]
-            repeat = repeats[
-                step * recipe.batch_size : step * recipe.batch_size + recipe.repeat_rows
-            ]
-            batch = torch.cat([torch.stack(text), icl, repeat])  # [b, pos]
+        starts = torch.randint(0, len(windows) - recipe.seq_len, (text_rows,), generator=batches)
+        text = torch.stack([windows[s : s + recipe.seq_len] for s in starts.tolist()])
+        mappings = structured[step * recipe.icl_rows : (step + 1) * recipe.icl_rows]
+        tasks = family[step * recipe.family_rows : (step + 1) * recipe.family_rows]
+        batch = torch.cat([text, mappings, tasks])  # [b, pos]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, recipe)
         loss = model(input_ids=batch, labels=batch).loss
