@@ -269,7 +269,6 @@ class TaskInstance:
     candidates: list[str]  # label strings, scored restricted to these
     permutation: np.ndarray | None = None  # tau_PA: [vocab] token id -> token id
     shared_inputs: bool = False  # label-memo: pool and test are the same few label words
-    original_labels: list[str] = field(default_factory=list)
 
 
 def is_test_input(text: str) -> bool:
@@ -320,7 +319,6 @@ def build_instance(spec: TaskSpec, data: TaskData, tokenizer, seed: int) -> Task
             items,
             sorted({e.label for e in items}),
             shared_inputs=True,
-            original_labels=originals,
         )
 
     if spec.variant == "random_labels":
@@ -331,9 +329,7 @@ def build_instance(spec: TaskSpec, data: TaskData, tokenizer, seed: int) -> Task
     if not pool or not test:
         raise TaskDataError(f"task {spec.label!r}: its inputs do not split into pool and test")
     candidates = sorted({e.label for e in examples})
-    instance = TaskInstance(
-        spec.label, spec.template, pool, test, candidates, original_labels=originals
-    )
+    instance = TaskInstance(spec.label, spec.template, pool, test, candidates)
     if spec.variant == "permuted_vocab":
         fixed = set(tokenizer.all_special_ids)
         for c in candidates:
