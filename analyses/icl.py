@@ -133,6 +133,7 @@ def icl(capture: Capture, params: IclParams) -> list[MetricValue]:
     values: list[MetricValue] = []
     for task in params.tasks:
         data = load_task_data(task, hub_cache_dir())
+        fingerprint = data.fingerprint()
         for seed in params.seeds:
             instance = build_instance(task, data, tokenizer, seed)
             candidates, batches = make_prompts(
@@ -160,7 +161,7 @@ def icl(capture: Capture, params: IclParams) -> list[MetricValue]:
                 key = json.dumps(
                     [
                         task.model_dump(mode="json"),
-                        data.fingerprint(),
+                        fingerprint,
                         seed,
                         batch.shots,
                         params.n_test,

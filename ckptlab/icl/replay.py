@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from analyses.icl import IclParams
 from ckptlab.hub import fetch_snapshot, load_tokenizer
 from ckptlab.icl.tasks import PromptBatch, build_instance, load_task_data, make_prompts
 from ckptlab.results import ResultStore
@@ -20,8 +21,6 @@ def stored_prompts(
     store: ResultStore, cell_key: str, task: str, shots: int, seed: int | None, hub_dir: Path
 ) -> tuple[list[str], PromptBatch]:
     """(candidate labels, the prompts) of one task x shots x seed of a stored icl cell."""
-    from analyses.icl import IclParams
-
     rows = store.query(
         "SELECT c.params_json, ch.model, ch.revision, c.commit_sha FROM cells c"
         " JOIN checkpoints ch USING (commit_sha) WHERE c.cell_key = ? AND c.analysis = 'icl'",

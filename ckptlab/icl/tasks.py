@@ -109,11 +109,12 @@ class TaskSpec(BaseModel):
     def label(self) -> str:
         if self.name:
             return self.name
-        base = (
-            self.data
-            if isinstance(self.data, str)
-            else Path(getattr(self.data, "file", None) or self.data.filename).stem
-        )
+        if isinstance(self.data, str):
+            base = self.data
+        elif isinstance(self.data, FileData):
+            base = self.data.file.stem
+        else:
+            base = Path(self.data.filename).stem
         suffix = "" if self.variant == "tau" else f"/{self.variant}"
         return f"{base}{suffix}" + (f"/m{self.compose}" if self.compose > 1 else "")
 
@@ -247,12 +248,18 @@ def render(template: str, input_text: str, label: str) -> str:
     return template.replace("{input}", input_text).replace("{label}", label)
 
 
+def label_prefix(template: str) -> str:
+    """The whitespace right before {label}: it goes onto the label, so a candidate is scored as
+    " label" (how BPE spells it in running text)."""
+    before = template[: template.index("{label}")]
+    return before[len(before.rstrip()) :]
+
+
 def split_query(template: str, input_text: str) -> tuple[str, str]:
-    """(query context, label prefix): the template up to {label}, with its trailing whitespace
-    moved onto the label, so a candidate is scored as " label" (how BPE spells it in text)."""
+    """(query context, label prefix): the template up to {label}, without label_prefix."""
     before = template[: template.index("{label}")].replace("{input}", input_text)
-    stripped = before.rstrip()
-    return stripped, before[len(stripped) :]
+    prefix = label_prefix(template)
+    return before[: len(before) - len(prefix)], prefix
 
 
 # ----------------------------------------------------------------------------- instances
@@ -262,7 +269,6 @@ def split_query(template: str, input_text: str) -> tuple[str, str]:
 class TaskInstance:
     """One task variant under one seed, ready to make prompts."""
 
-    name: str
     template: str
     pool: list[Example]
     test: list[Example]
@@ -276,19 +282,18 @@ def is_test_input(text: str) -> bool:
 
 
 def _random_labels(
-    originals: list[str], tokenizer, rng: np.random.Generator, label_prefix: str
+    originals: list[str], tokenizer, rng: np.random.Generator, prefix: str
 ) -> dict[str, str]:
     """A random single-token word for each original label, distinct, never an original label
     word nor the first token of one."""
     first_tokens = {
-        tokenizer(label_prefix + o, add_special_tokens=False)["input_ids"][0] for o in originals
+        tokenizer(prefix + o, add_special_tokens=False)["input_ids"][0] for o in originals
     }
     pool = [
         w
         for w in label_token_pool(tokenizer)
         if w not in originals
-        and tokenizer(label_prefix + w, add_special_tokens=False)["input_ids"][0]
-        not in first_tokens
+        and tokenizer(prefix + w, add_special_tokens=False)["input_ids"][0] not in first_tokens
     ]
     if len(pool) < len(originals):
         raise TaskDataError(f"the vocabulary has {len(pool)} usable random-label tokens")
@@ -298,13 +303,13 @@ def _random_labels(
 
 def build_instance(spec: TaskSpec, data: TaskData, tokenizer, seed: int) -> TaskInstance:
     rng = np.random.default_rng([seed, 1])
-    label_prefix = split_query(spec.template, "x")[1]
+    prefix = label_prefix(spec.template)
     examples = data.examples if spec.compose == 1 else compose(data.examples, spec.compose)
     originals = sorted({e.label for e in examples})
 
     if spec.variant.startswith("memo_"):
         if spec.variant == "memo_random":
-            mapping = _random_labels(originals, tokenizer, rng, label_prefix)
+            mapping = _random_labels(originals, tokenizer, rng, prefix)
         else:
             kind = MEMO_KINDS[spec.variant]
             mapping = data.memo.get(kind, {})
@@ -313,7 +318,6 @@ def build_instance(spec: TaskSpec, data: TaskData, tokenizer, seed: int) -> Task
                 raise TaskDataError(f"task {data.name!r} has no {kind} for labels {missing}")
         items = [Example(o, mapping[o]) for o in originals]
         return TaskInstance(
-            spec.label,
             spec.template,
             items,
             items,
@@ -322,18 +326,18 @@ def build_instance(spec: TaskSpec, data: TaskData, tokenizer, seed: int) -> Task
         )
 
     if spec.variant == "random_labels":
-        mapping = _random_labels(originals, tokenizer, rng, label_prefix)
+        mapping = _random_labels(originals, tokenizer, rng, prefix)
         examples = tuple(Example(e.input, mapping[e.label]) for e in examples)
     pool = [e for e in examples if not is_test_input(e.input)]
     test = [e for e in examples if is_test_input(e.input)]
     if not pool or not test:
         raise TaskDataError(f"task {spec.label!r}: its inputs do not split into pool and test")
     candidates = sorted({e.label for e in examples})
-    instance = TaskInstance(spec.label, spec.template, pool, test, candidates)
+    instance = TaskInstance(spec.template, pool, test, candidates)
     if spec.variant == "permuted_vocab":
         fixed = set(tokenizer.all_special_ids)
         for c in candidates:
-            fixed |= set(tokenizer(label_prefix + c, add_special_tokens=False)["input_ids"])
+            fixed |= set(tokenizer(prefix + c, add_special_tokens=False)["input_ids"])
         instance.permutation = vocab_permutation(len(tokenizer), fixed, seed)
     return instance
 
@@ -372,10 +376,9 @@ def make_prompts(
         )
         for j in range(n_test)
     ]
-    label_prefix = split_query(instance.template, "x")[1]
+    prefix = label_prefix(instance.template)
     candidate_ids = [
-        tokenizer(label_prefix + c, add_special_tokens=False)["input_ids"]
-        for c in instance.candidates
+        tokenizer(prefix + c, add_special_tokens=False)["input_ids"] for c in instance.candidates
     ]
     batches = []
     for shots_n in shots:
