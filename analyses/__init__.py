@@ -1,6 +1,6 @@
 """Shipped analyses. Importing this package registers each of them (one file per analysis)."""
 
-from analyses import (  # noqa: F401
+from ckptlab.analyses import (  # noqa: F401
     anisotropy,
     cka,
     dispersion,
@@ -13,8 +13,8 @@ from analyses import (  # noqa: F401
     saturation,
     singular_entropy,
 )
-from analyses.capture import Capture
-from analyses.registry import (
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import (
     AnalysisDef,
     MetricValue,
     Need,

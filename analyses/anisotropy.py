@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 _CHUNK_ROWS = 8192  # rows converted to float64 at a time: memory stays O(chunk * d)
 

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from analyses.capture import Capture, sketch_hidden_states
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture, sketch_hidden_states
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

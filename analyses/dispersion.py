@@ -8,9 +8,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from analyses.anisotropy import mean_pairwise_cosine
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.anisotropy import mean_pairwise_cosine
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 
 def unit_rows(vectors: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,9 @@ from typing import Annotated
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from analyses.capture import Capture
-from analyses.readout import readout_cross_entropy
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.readout import readout_cross_entropy
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 
 class HeadRankParams(BaseModel):

@@ -9,12 +9,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import f1_score
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
-from ckptlab.home import hub_cache_dir
-from ckptlab.icl.baseline import bow_predict
-from ckptlab.icl.scoring import score_candidates
-from ckptlab.icl.tasks import (
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.icl_tasks.baseline import bow_predict
+from ckptlab.analyses.icl_tasks.scoring import score_candidates
+from ckptlab.analyses.icl_tasks.tasks import (
     TaskDataError,
     TaskInstance,
     TaskSpec,
@@ -22,6 +20,8 @@ from ckptlab.icl.tasks import (
     load_task_data,
     make_prompts,
 )
+from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.home import hub_cache_dir
 
 
 class IclParams(BaseModel):
@@ -111,7 +111,7 @@ def _baseline(instance: TaskInstance, batch, tokenizer, key: str, seed: int) -> 
 def icl(capture: Capture, params: IclParams) -> list[MetricValue]:
     """In-context learning on structured tasks (Li, Hou, Sachan, Cotterell, ACL 2024, "What Do
     Language Models Learn in Context? The Structured Task Hypothesis"; task variants in
-    ckptlab/icl/tasks.py).
+    analyses/icl_tasks/tasks.py).
 
     A prompt is L demonstrations rendered with the task's template, then the query up to its
     label. The prediction is the candidate label with the highest

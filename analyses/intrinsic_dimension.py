@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 BLOCK_ELEMENTS = 1 << 24  # distances held at once: block_rows * N <= 16M float64 (128 MB)
 

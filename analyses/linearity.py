@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 
 def _centre_and_normalise(m: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from analyses.capture import Capture
-from analyses.readout import readout_cross_entropy
-from analyses.registry import MetricValue, Need, NoParams, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.readout import readout_cross_entropy
+from ckptlab.analyses.registry import MetricValue, Need, NoParams, analysis
 
 
 @analysis(name="logit_lens", version=1, needs={Need.HIDDEN_STATES, Need.READOUT})

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 NEURON_CHUNK = 512  # neurons whose top-k embeddings are held at once: [k, chunk, d_model]
 

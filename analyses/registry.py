@@ -11,7 +11,7 @@ from enum import StrEnum
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from analyses.capture import Capture
+from ckptlab.analyses.capture import Capture
 
 
 class Need(StrEnum):
@@ -110,7 +110,7 @@ def analysis(
 
 
 def registered_analyses() -> dict[str, AnalysisDef]:
-    import analyses  # noqa: F401  -- importing the package registers every shipped analysis
+    import ckptlab.analyses  # noqa: F401  -- importing the package registers every shipped analysis
 
     return dict(_REGISTRY)
 

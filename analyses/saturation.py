@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, NoParams, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, NoParams, analysis
 
 
 @analysis(name="saturation", version=1, needs={Need.TOKEN_NLL})

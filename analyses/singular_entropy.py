@@ -7,8 +7,8 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from analyses.capture import Capture
-from analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 
 def singular_values(weight: torch.Tensor) -> torch.Tensor:

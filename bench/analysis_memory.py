@@ -17,8 +17,13 @@ import time
 
 import torch
 
-from analyses.capture import Capture, ReferenceSketch, sample_positions, sketch_hidden_states
-from analyses.registry import registered_analyses
+from ckptlab.analyses.capture import (
+    Capture,
+    ReferenceSketch,
+    sample_positions,
+    sketch_hidden_states,
+)
+from ckptlab.analyses.registry import registered_analyses
 
 SEQ, POS, D, D_MLP, VOCAB, LAYERS = 100, 500, 2048, 8192, 50304, 2
 

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import torch
 
+from ckptlab.analyses.icl_tasks.scoring import score_candidates
+from ckptlab.analyses.icl_tasks.tasks import TaskSpec, build_instance, builtin_task, make_prompts
 from ckptlab.home import hub_cache_dir
 from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer
-from ckptlab.icl.scoring import score_candidates
-from ckptlab.icl.tasks import TaskSpec, build_instance, builtin_task, make_prompts
 
 
 def naive(model, prompts, candidates) -> np.ndarray:

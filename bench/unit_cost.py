@@ -18,9 +18,9 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from ckptlab.hub import content_commit_id
+from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.worker import UnitTask, run_unit
 from ckptlab.pico.build import train_tokenizer
-from orchestrator.plan import Cell, CheckpointRef
-from orchestrator.worker import UnitTask, run_unit
 
 PYTHIA_160M = dict(
     hidden_size=768,

@@ -279,7 +279,7 @@ def step_from_revision(revision: str, pattern: str, path: str) -> int:
 
 
 def _check_semantics(spec: Spec) -> None:
-    from analyses.registry import registered_analyses
+    from ckptlab.analyses.registry import registered_analyses
 
     for i, source in enumerate(spec.models):
         where = f"models[{i}]"

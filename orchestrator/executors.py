@@ -3,14 +3,13 @@ persist, mark done). Both yield (task, UnitResult or the exception that lost the
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from analyses.capture import ReferenceSketch
-from ckptlab.spec import Resources
-from orchestrator.worker import (
+from ckptlab.analyses.capture import ReferenceSketch
+from ckptlab.orchestrator.cluster import choose_cluster, connect, describe
+from ckptlab.orchestrator.worker import (
     SketchTask,
     UnitResult,
     UnitTask,
@@ -18,6 +17,7 @@ from orchestrator.worker import (
     run_sketch,
     run_unit,
 )
+from ckptlab.spec import Resources
 
 Outcome = tuple[UnitTask, UnitResult | Exception]
 SketchOutcome = tuple[SketchTask, ReferenceSketch | Exception]
@@ -30,6 +30,7 @@ class InlineExecutor:
 
     def __init__(self, resources: Resources):
         self.device = pick_device(resources.gpus_per_worker > 0)
+        self.description = f"inline: units run one by one in this process on {self.device}"
 
     def __enter__(self) -> InlineExecutor:
         return self
@@ -37,8 +38,8 @@ class InlineExecutor:
     def __exit__(self, *exc) -> None:
         return None
 
-    def prepare(self, n_tasks: int) -> None:
-        return None
+    def prepare(self, n_tasks: int) -> str:
+        return "1 worker (this process)"
 
     def run(
         self,
@@ -61,13 +62,6 @@ class InlineExecutor:
                 yield task, err
 
 
-def local_ray_environment() -> None:
-    """A local Ray started by ckptlab: no token auth (client and cluster must agree), no
-    usage stats. Set before ray is imported so both driver and the cluster see it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
 class ResourceError(RuntimeError):
     """The cluster cannot give what the spec's resources ask for."""
 
@@ -81,28 +75,18 @@ class RayExecutor:
 
     def __init__(self, resources: Resources, address: str | None = None):
         self.resources = resources
-        self.address = address
+        # Decided now, so that a bad --address or RAY_ADDRESS fails before anything runs.
+        self.cluster = choose_cluster(address)
         self._started_ray = False
+        self.description = ""
 
     def __enter__(self) -> RayExecutor:
-        if self.address is None:
-            local_ray_environment()
-        import ray
-
-        if not ray.is_initialized():
-            # Tokens are not forwarded: a runtime env is visible in Ray's state API. Local
-            # workers inherit this process' environment; cluster nodes need their own HF_TOKEN.
-            env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
-            ray.init(
-                # "local" always starts a private instance; None would silently attach to any
-                # cluster that `ray start` left running on this machine.
-                address=self.address or "local",
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", **env}},
-            )
-            self._started_ray = True
+        # Tokens are not forwarded: a runtime env is visible in Ray's state API. Local
+        # workers inherit this process' environment; cluster nodes need their own HF_TOKEN.
+        env = {"TOKENIZERS_PARALLELISM": "false"}
+        env |= {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
+        self._started_ray = connect(self.cluster, env)
+        self.description = describe(self.cluster)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -111,22 +95,42 @@ class RayExecutor:
 
             ray.shutdown()
 
-    def prepare(self, n_tasks: int) -> None:
+    def prepare(self, n_tasks: int) -> str:
+        """Size the worker pool; says what it is (or raises ResourceError)."""
         self.n_workers = self.worker_count(n_tasks)
+        r = self.resources
+        each = f"{r.cpus_per_worker:g} CPU" + (
+            f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+        )
+        return f"{self.n_workers} worker{'s' * (self.n_workers != 1)} ({each} each)"
 
     def worker_count(self, n_tasks: int) -> int:
+        """Workers that fit the cluster, counted node by node: an actor needs its CPUs and
+        GPUs on one node, and one that fits nowhere would wait forever."""
         import ray
 
         r = self.resources
-        available = ray.cluster_resources()
-        slots = int(available.get("CPU", 1) // r.cpus_per_worker)
-        if r.gpus_per_worker > 0:
-            gpus = available.get("GPU", 0)
-            if gpus < r.gpus_per_worker:
-                raise ResourceError(
-                    f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has {gpus} GPUs"
-                )
-            slots = min(slots, int(gpus // r.gpus_per_worker))
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        gpus = sum(n.get("GPU", 0) for n in nodes)
+        if r.gpus_per_worker > 0 and gpus < r.gpus_per_worker:
+            raise ResourceError(
+                f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has {gpus:g} GPUs"
+            )
+
+        def fits(node: dict) -> int:
+            slots = int(node.get("CPU", 0) // r.cpus_per_worker)
+            if r.gpus_per_worker > 0:
+                slots = min(slots, int(node.get("GPU", 0) // r.gpus_per_worker))
+            return slots
+
+        slots = sum(fits(node) for node in nodes)
+        if slots == 0:
+            largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+            raise ResourceError(
+                f"no node can hold one worker ({r.cpus_per_worker:g} CPU, "
+                f"{r.gpus_per_worker:g} GPU): the largest has {largest.get('CPU', 0):g} CPU, "
+                f"{largest.get('GPU', 0):g} GPU"
+            )
         wanted = r.workers or slots
         return max(1, min(wanted, slots, n_tasks))
 
@@ -135,7 +139,7 @@ class RayExecutor:
         (item, result or the exception that lost it) as they finish."""
         import ray
 
-        from orchestrator.ray_worker import CheckpointWorker
+        from ckptlab.orchestrator.ray_worker import CheckpointWorker
 
         if not items:
             return

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from analyses.capture import Capture
-from analyses.registry import FORWARD_NEEDS, Need
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.registry import FORWARD_NEEDS, Need
 
 # Where common causal-LM families keep the final norm, on their base model.
 _FINAL_NORM_NAMES = ("final_layer_norm", "norm", "ln_f", "final_norm")

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyses.registry import AnalysisDef, get_analysis
+from ckptlab.analyses.registry import AnalysisDef, get_analysis
 from ckptlab.catalog import SUITES
 from ckptlab.hub import (
     CheckpointError,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import ray
 import torch
 
-from analyses.capture import ReferenceSketch
-from orchestrator.worker import SketchTask, UnitResult, UnitTask, pick_device, run_sketch, run_unit
+from ckptlab.analyses.capture import ReferenceSketch
+from ckptlab.orchestrator.worker import (
+    SketchTask,
+    UnitResult,
+    UnitTask,
+    pick_device,
+    run_sketch,
+    run_unit,
+)
 
 
 @ray.remote

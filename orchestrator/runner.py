@@ -6,7 +6,6 @@ transaction (its cell rows mark it done) -> log to MLflow -> summary.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,15 +21,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-import ckptlab
-from analyses.capture import ReferenceSketch
+from ckptlab.analyses.capture import ReferenceSketch
+from ckptlab.code_version import code_version
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage
+from ckptlab.orchestrator.plan import Plan, Unit, build_plan
+from ckptlab.orchestrator.worker import SketchTask, UnitResult, UnitTask, failure_rows
 from ckptlab.results import ResultStore
 from ckptlab.rows import CheckpointRow
 from ckptlab.spec import Spec
-from orchestrator.plan import Plan, Unit, build_plan
-from orchestrator.worker import SketchTask, UnitResult, UnitTask, failure_rows
 
 
 @dataclass
@@ -50,29 +49,6 @@ class RunSummary:
     @property
     def nothing_to_do(self) -> bool:
         return self.run_id is None
-
-
-def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        return f"{ckptlab.__version__}+g{sha}{'.dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        return ckptlab.__version__
 
 
 def make_plan(spec: Spec, db_path: Path, hub_dir: Path) -> Plan:
@@ -314,7 +290,9 @@ def run_plan(
         return summary
     units = {u.checkpoint: u for u in plan.todo}
     with executor:
-        executor.prepare(len(plan.todo))  # resource errors surface before anything is written
+        # Resource errors surface before anything is written.
+        workers = executor.prepare(len(plan.todo))
+        console.print(f"{executor.description}; {workers}", highlight=False)
         references, reference_errors = prepare_references(plan, executor, hub_dir, sketch_dir)
         tasks = [
             _task(u, plan, hub_dir, reference_errors) for u in plan.todo if u.commit is not None
@@ -330,7 +308,9 @@ def run_plan(
                     summary.cells_failed += run.record_unresolved(unit)
 
             with _progress(console) as progress:
-                overall = progress.add_task(f"[bold]{plan.spec.name}: checkpoints", len(tasks))
+                overall = progress.add_task(
+                    f"[bold]{plan.spec.name}: checkpoints", total=len(tasks)
+                )
                 bars: dict = {}
 
                 def on_start(task: UnitTask) -> None:

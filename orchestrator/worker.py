@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyses.capture import ReferenceSketch, sample_positions, sketch_hidden_states
-from analyses.registry import Need, get_analysis
+from ckptlab.analyses.capture import ReferenceSketch, sample_positions, sketch_hidden_states
+from ckptlab.analyses.registry import Need, get_analysis
 from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer, local_checkpoint
+from ckptlab.orchestrator.forward import capture_forward
+from ckptlab.orchestrator.plan import Cell, CheckpointRef
 from ckptlab.rows import CellRow, FailureRow, MetricRow
-from orchestrator.forward import capture_forward
-from orchestrator.plan import Cell, CheckpointRef
 
 
 @dataclass

@@ -39,9 +39,9 @@ def pico_hub(ckptlab_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (starting one costs seconds)."""
-    from orchestrator.executors import local_ray_environment
+    from ckptlab.orchestrator.cluster import private_ray_environment
 
-    local_ray_environment()
+    private_ray_environment()  # what `ckptlab run` does: loopback only, token auth
     import ray
 
     ray.init(

@@ -10,12 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyses.anisotropy import AnisotropyParams, anisotropy, mean_pairwise_cosine
-from analyses.capture import Capture, MissingCapture
-from analyses.registry import NoParams
-from analyses.saturation import saturation
-from analyses.singular_entropy import SingularEntropyParams, singular_entropy
-from tests.reference import naive_mean_pairwise_cosine, naive_singular_entropy
+from ckptlab.analyses.anisotropy import AnisotropyParams, anisotropy, mean_pairwise_cosine
+from ckptlab.analyses.capture import Capture, MissingCapture
+from ckptlab.analyses.registry import NoParams
+from ckptlab.analyses.saturation import saturation
+from ckptlab.analyses.singular_entropy import SingularEntropyParams, singular_entropy
+
+from reference import naive_mean_pairwise_cosine, naive_singular_entropy
 
 
 @pytest.mark.parametrize(("n", "d", "seed"), [(2, 3, 0), (17, 5, 1), (64, 32, 2), (200, 8, 3)])
@@ -45,7 +46,7 @@ def test_anisotropy_closed_forms():
 
 
 def test_anisotropy_chunking_does_not_change_the_result(monkeypatch):
-    import analyses.anisotropy as module
+    import ckptlab.analyses.anisotropy as module
 
     x = torch.from_numpy(np.random.default_rng(5).normal(size=(1000, 6)) + 0.3)
     whole = mean_pairwise_cosine(x)

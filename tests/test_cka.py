@@ -10,12 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from analyses.capture import Capture, ReferenceSketch, sample_positions
-from analyses.cka import CKAParams, cka, linear_cka
+from ckptlab.analyses.capture import Capture, ReferenceSketch, sample_positions
+from ckptlab.analyses.cka import CKAParams, cka, linear_cka
 from ckptlab.results import ResultStore
 from ckptlab.spec import SpecError
-from tests.reference import hsic_linear_cka
-from tests.test_pipeline import run
+
+from reference import hsic_linear_cka
+from test_pipeline import run
 
 
 @pytest.mark.parametrize(("n", "d1", "d2", "seed"), [(10, 3, 3, 0), (80, 12, 5, 1), (40, 60, 7, 2)])

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyses.anisotropy import mean_pairwise_cosine
-from analyses.capture import Capture
-from analyses.dispersion import DispersionParams, dispersion
+from ckptlab.analyses.anisotropy import mean_pairwise_cosine
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.dispersion import DispersionParams, dispersion
 
 
 def cos(a, b) -> float:

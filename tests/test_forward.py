@@ -10,13 +10,14 @@ import pytest
 import torch
 from huggingface_hub import snapshot_download
 
-import orchestrator.worker as worker_module
-from analyses.registry import Need
+import ckptlab.orchestrator.worker as worker_module
+from ckptlab.analyses.registry import Need
 from ckptlab.hub import load_model, load_tokenizer
-from orchestrator.forward import capture_forward, final_norm_module
-from orchestrator.plan import Cell, CheckpointRef
-from orchestrator.worker import UnitTask, run_unit
-from tests.reference import naive_cross_entropy
+from ckptlab.orchestrator.forward import capture_forward, final_norm_module
+from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.worker import UnitTask, run_unit
+
+from reference import naive_cross_entropy
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from huggingface_hub import snapshot_download
 
-from orchestrator.plan import Cell, CheckpointRef
-from orchestrator.worker import UnitTask, pick_device, run_unit
+from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.worker import UnitTask, pick_device, run_unit
 
 pytestmark = pytest.mark.gpu
 

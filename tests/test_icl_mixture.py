@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ckptlab.analyses.icl_tasks.builtin_data import CATEGORY_WORDS
+from ckptlab.analyses.icl_tasks.tasks import label_token_pool
 from ckptlab.hub import fetch_snapshot, load_tokenizer
-from ckptlab.icl.builtin_data import CATEGORY_WORDS
-from ckptlab.icl.tasks import label_token_pool
 from ckptlab.pico.icl_mixture import (
     FAMILY_SIZE,
     icl_sequences,

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-from ckptlab.icl.replay import stored_prompts
+from ckptlab.icl_replay import stored_prompts
+from ckptlab.orchestrator.executors import InlineExecutor
+from ckptlab.orchestrator.runner import make_plan, run_plan
 from ckptlab.pico.build import PicoRecipe, build_pico
 from ckptlab.results import ResultStore
 from ckptlab.spec import parse_spec
-from orchestrator.executors import InlineExecutor
-from orchestrator.runner import make_plan, run_plan
 
 STEPS = [0, 500, 1000]
 SHOTS = [0, 1, 4]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from analyses import get_analysis
-from analyses.capture import Capture
+from ckptlab.analyses import get_analysis
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.icl_tasks.baseline import bow_predict
+from ckptlab.analyses.icl_tasks.scoring import score_candidates
+from ckptlab.analyses.icl_tasks.tasks import TaskSpec, build_instance, builtin_task, make_prompts
 from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer
-from ckptlab.icl.baseline import bow_predict
-from ckptlab.icl.scoring import score_candidates
-from ckptlab.icl.tasks import TaskSpec, build_instance, builtin_task, make_prompts
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ckptlab.hub import fetch_snapshot, load_tokenizer
-from ckptlab.icl import builtin_data as B
-from ckptlab.icl.tasks import (
+from ckptlab.analyses.icl_tasks import builtin_data as B
+from ckptlab.analyses.icl_tasks.tasks import (
     TaskDataError,
     TaskSpec,
     build_instance,
@@ -21,6 +20,7 @@ from ckptlab.icl.tasks import (
     make_prompts,
     vocab_permutation,
 )
+from ckptlab.hub import fetch_snapshot, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import analyses.intrinsic_dimension as module
-from analyses.capture import Capture
-from analyses.intrinsic_dimension import (
+import ckptlab.analyses.intrinsic_dimension as module
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.intrinsic_dimension import (
     IntrinsicDimensionParams,
     intrinsic_dimension,
     twonn_dimension,

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyses.capture import Capture
-from analyses.linearity import LinearityParams, linearity, linearity_score
-from tests.reference import naive_linearity
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.linearity import LinearityParams, linearity, linearity_score
+
+from reference import naive_linearity
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import analyses.neuron_entropy as module
-from analyses.capture import Capture
-from analyses.neuron_entropy import (
+import ckptlab.analyses.neuron_entropy as module
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.neuron_entropy import (
     NeuronEntropyParams,
     neuron_entropy,
     semantic_entropy,

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 from ckptlab.catalog import pico_schedule
 from ckptlab.pico.build import PicoRecipe, build_pico
 from ckptlab.pico.publish import published_revisions, repo_folder
-from tests.conftest import PICO_MAX_STEP, PICO_SIZES
+
+from conftest import PICO_MAX_STEP, PICO_SIZES
 
 
 def test_every_scheduled_step_is_published_with_a_clean_ref(pico_hub):

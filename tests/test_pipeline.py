@@ -15,11 +15,12 @@ from mlflow import MlflowClient
 from rich.console import Console
 from transformers import AutoModelForCausalLM
 
+from ckptlab.orchestrator.executors import RayExecutor
+from ckptlab.orchestrator.runner import make_plan, run_plan
 from ckptlab.results import ResultStore
 from ckptlab.spec import parse_spec
-from orchestrator.executors import RayExecutor
-from orchestrator.runner import make_plan, run_plan
-from tests.reference import gram_mean_pairwise_cosine, naive_cross_entropy, naive_singular_entropy
+
+from reference import gram_mean_pairwise_cosine, naive_cross_entropy, naive_singular_entropy
 
 STEPS = [0, 4, 32, 100]
 SPEC = {
@@ -292,7 +293,7 @@ def test_failing_checkpoints_are_recorded_and_the_others_finish(tmp_path, pico_h
 
 
 def test_too_few_gpus_fails_before_anything_is_written(tmp_path, pico_hub, ray_session):
-    from orchestrator.executors import ResourceError
+    from ckptlab.orchestrator.executors import ResourceError
 
     spec = {**SPEC, "resources": {"gpus_per_worker": 1}}
     db = tmp_path / "r.duckdb"

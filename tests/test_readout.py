@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-import analyses.readout as readout_module
-from analyses.capture import Capture
-from analyses.head_rank_proxy import HeadRankParams, head_rank_proxy
-from analyses.logit_lens import logit_lens
-from analyses.registry import NoParams
-from analyses.singular_entropy import SingularEntropyParams, singular_entropy
-from tests.reference import naive_cross_entropy
+import ckptlab.analyses.readout as readout_module
+from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.head_rank_proxy import HeadRankParams, head_rank_proxy
+from ckptlab.analyses.logit_lens import logit_lens
+from ckptlab.analyses.registry import NoParams
+from ckptlab.analyses.singular_entropy import SingularEntropyParams, singular_entropy
+
+from reference import naive_cross_entropy
 
 V, D, SEQ, POS, LAYERS = 40, 6, 3, 9, 3
 

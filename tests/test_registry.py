@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from analyses.registry import (
+from ckptlab.analyses.registry import (
     _REGISTRY,
     Need,
     NoParams,

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from analyses.registry import registered_analyses
+from ckptlab.analyses.registry import registered_analyses
 from ckptlab.results import ResultStore
-from tests.test_pipeline import run
+
+from test_pipeline import run
 
 SEEDS = Path(__file__).parent.parent / "specs" / "seeds.yaml"
 

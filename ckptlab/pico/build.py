@@ -19,9 +19,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
+from ckptlab.analyses.icl_tasks.tasks import DEFAULT_TEMPLATE
 from ckptlab.catalog import SUITES, pico_schedule
 from ckptlab.corpora import documents, split_of, stdlib_code
-from ckptlab.icl.tasks import DEFAULT_TEMPLATE
 from ckptlab.pico.icl_mixture import icl_sequences, task_family_sequences
 from ckptlab.pico.publish import publish_revision, published_revisions
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from ckptlab.icl.builtin_data import CATEGORY_WORDS, LABEL_MEMO, SENTIMENT_PHRASES
-from ckptlab.icl.tasks import DEFAULT_TEMPLATE, label_token_pool, render
+from ckptlab.analyses.icl_tasks.builtin_data import CATEGORY_WORDS, LABEL_MEMO, SENTIMENT_PHRASES
+from ckptlab.analyses.icl_tasks.tasks import DEFAULT_TEMPLATE, label_token_pool, render
 
 FAMILY_SIZE = 2  # the natural labelling of the category task and one derangement of it
 FAMILY_SEED = 20241122  # constant: the family is the same in every build

@@ -7,9 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from analyses.icl import IclParams
+from ckptlab.analyses.icl import IclParams
+from ckptlab.analyses.icl_tasks.tasks import (
+    PromptBatch,
+    build_instance,
+    load_task_data,
+    make_prompts,
+)
 from ckptlab.hub import fetch_snapshot, load_tokenizer
-from ckptlab.icl.tasks import PromptBatch, build_instance, load_task_data, make_prompts
 from ckptlab.results import ResultStore
 
 

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ckptlab.icl import builtin_data as B
+from ckptlab.analyses.icl_tasks import builtin_data as B
 
 DEFAULT_TEMPLATE = "{input} {label}\n"
 TEST_FRACTION_BYTE = 86  # sha1(input)[0] < 86: ~1/3 of the inputs are test inputs

@@ -1,0 +1,59 @@
+"""The CLI's shared pieces: the typer app, consoles, common options, one-line failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ckptlab.home import default_db_path, default_tracking_uri, hub_cache_dir
+from ckptlab.spec import Spec, SpecError, load_spec
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Representation analyses over every checkpoint of LM training runs.",
+)
+pico_app = typer.Typer(no_args_is_help=True, help="The pico suite: tiny GPT-NeoX models.")
+app.add_typer(pico_app, name="pico")
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[Path | None, typer.Option("--db", help="Results DuckDB file.")]
+TrackingOption = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI.")]
+SpecArg = Annotated[Path, typer.Argument(help="Spec YAML file.")]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def load(path: Path) -> tuple[Spec, str]:
+    try:
+        spec = load_spec(path)
+    except SpecError as err:
+        raise fail(f"{path}: {err}", 2) from None
+    return spec, path.read_text()
+
+
+def plan_of(spec: Spec, spec_path: Path, db_path: Path):
+    """The plan, or a one-line exit-2 error when an input set cannot be cut from its corpus."""
+    from ckptlab.inputs import InputSetError
+    from ckptlab.orchestrator.runner import make_plan
+
+    try:
+        return make_plan(spec, db_path, hub_cache_dir())
+    except (InputSetError, SpecError) as err:  # SpecError: e.g. an ICL task file is missing
+        raise fail(f"{spec_path}: {err}", 2) from None
+
+
+def db_of(spec: Spec | None, db: Path | None) -> Path:
+    return db or (spec.storage.db if spec and spec.storage.db else None) or default_db_path()
+
+
+def tracking_of(spec: Spec, uri: str | None) -> str:
+    return uri or spec.storage.tracking_uri or default_tracking_uri()

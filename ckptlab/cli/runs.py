@@ -1,0 +1,164 @@
+"""``ckptlab validate``, ``plan`` and ``run``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ckptlab.cli.app import (
+    DbOption,
+    SpecArg,
+    TrackingOption,
+    app,
+    console,
+    db_of,
+    fail,
+    hub_cache_dir,
+    load,
+    plan_of,
+    tracking_of,
+)
+
+
+@app.command()
+def validate(spec_path: SpecArg) -> None:
+    """Check a spec without running anything (exit code 2 when it is invalid)."""
+    spec, _ = load(spec_path)
+    console.print(
+        f"[green]ok[/green] {spec_path}: spec {spec.name!r}, hash {spec.spec_hash()[:12]}"
+    )
+
+
+@app.command()
+def plan(spec_path: SpecArg, db: DbOption = None) -> None:
+    """Dry run: units, cells, what is already done, which checkpoints. Starts no Ray."""
+    spec, _ = load(spec_path)
+    the_plan = plan_of(spec, spec_path, db_of(spec, db))
+    table = Table(title=f"plan for {spec.name}")
+    for column in ("model", "checkpoints", "steps", "cells", "done", "to compute", "unresolved"):
+        table.add_column(column)
+    by_model: dict[str, list] = {}
+    for unit in the_plan.units:
+        by_model.setdefault(unit.checkpoint.model, []).append(unit)
+    for model, units in by_model.items():
+        steps = [u.checkpoint.step for u in units]
+        shown = ", ".join(map(str, steps[:8])) + (f", ... {steps[-1]}" if len(steps) > 8 else "")
+        cells = sum(len(u.cells) for u in units)
+        missing = sum(len(u.missing) for u in units)
+        table.add_row(
+            model,
+            str(len(units)),
+            shown,
+            str(cells),
+            str(cells - missing),
+            str(missing),
+            str(sum(u.commit is None for u in units)),
+        )
+    console.print(table)
+    console.print(
+        f"{len(the_plan.units)} checkpoints ({len(the_plan.todo)} with work), "
+        f"{the_plan.total_cells} cells: {the_plan.total_cells - the_plan.missing_cells} done, "
+        f"{the_plan.missing_cells} to compute"
+    )
+    for unit in the_plan.units:
+        if unit.error:
+            console.print(f"[yellow]unresolved[/yellow] {unit.checkpoint.label}: {unit.error}")
+
+
+class Executor(StrEnum):
+    ray = "ray"
+    inline = "inline"
+
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster to attach to: auto, HOST:PORT or ray://HOST:PORT. Default: "
+        "RAY_ADDRESS when set (as inside a Ray Job), else a private local Ray on 127.0.0.1.",
+    ),
+]
+
+
+@app.command()
+def run(
+    spec_path: SpecArg,
+    db: DbOption = None,
+    tracking_uri: TrackingOption = None,
+    address: AddressOption = None,
+    executor: Annotated[
+        Executor, typer.Option(help="ray (default) or inline: units in this process.")
+    ] = Executor.ray,
+    expect_version: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-version",
+            hidden=True,  # set by `ckptlab submit --code image`
+            help="Refuse to run unless this ckptlab has that version.",
+        ),
+    ] = None,
+) -> None:
+    """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow."""
+    import ckptlab
+
+    if expect_version and expect_version != ckptlab.__version__:
+        raise fail(
+            f"this is ckptlab {ckptlab.__version__}, the job was planned with "
+            f"{expect_version}; install that version or submit with --code ship",
+            2,
+        )
+    from ckptlab.orchestrator.cluster import AddressError, ClusterError
+    from ckptlab.orchestrator.executors import (
+        InlineExecutor,
+        RayExecutor,
+        ResourceError,
+    )
+    from ckptlab.orchestrator.runner import run_plan
+
+    spec, text = load(spec_path)
+    try:  # a bad --address or RAY_ADDRESS fails before any planning
+        backend = (
+            RayExecutor(spec.resources, address)
+            if executor == Executor.ray
+            else InlineExecutor(spec.resources)
+        )
+    except AddressError as err:
+        raise fail(str(err), 2) from None
+    db_path = db_of(spec, db)
+    the_plan = plan_of(spec, spec_path, db_path)
+    if not the_plan.todo:
+        console.print(
+            f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "
+            f"{len(the_plan.units)} checkpoints are already in {db_path}."
+        )
+        return
+    try:
+        summary = run_plan(
+            the_plan,
+            text,
+            db_path,
+            tracking_of(spec, tracking_uri),
+            hub_cache_dir(),
+            backend,
+            console,
+        )
+    except (ResourceError, ClusterError) as err:
+        raise fail(str(err), 1) from None
+
+    table = Table(title=f"{spec.name}: run {summary.run_id[:8]}", show_header=False)
+    table.add_row("checkpoints", f"{summary.checkpoints} ({summary.checkpoints_run} with work)")
+    table.add_row("cells computed", str(summary.cells_computed))
+    table.add_row("cells already stored", str(summary.cells_cached))
+    table.add_row("cells failed", str(summary.cells_failed))
+    table.add_row("metric rows written", str(summary.metric_rows))
+    table.add_row("time", f"{summary.seconds:.1f}s")
+    table.add_row("results", str(db_path))
+    table.add_row("mlflow", f"{tracking_of(spec, tracking_uri)} (run {summary.mlflow_run_id})")
+    console.print(table)
+    for failure in summary.failures[:20]:
+        console.print(f"[red]failed[/red] {failure}", highlight=False)
+    if summary.cells_failed:
+        raise typer.Exit(1)

@@ -1,0 +1,153 @@
+"""Which Ray a run uses, and connecting to it.
+
+- ``--address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) attaches to that cluster.
+- Else ``RAY_ADDRESS`` (set by Ray inside a Ray Job, or by the user) attaches to that one.
+- Else ckptlab starts a private local Ray that listens on 127.0.0.1 only, with token
+  authentication on and a fresh token held in this process' environment (never written to
+  disk, never printed), and shuts it down at the end.
+
+A Ray already initialised in this process (a notebook, the test session) is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+
+# Ray's own switch for single-machine Ray: with it off, a local instance takes 127.0.0.1 as
+# its node address, and every Ray server (GCS, raylet, workers, agents) binds there instead
+# of all interfaces. Ray reads it once, when it is imported.
+_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}$")
+
+
+class ClusterError(RuntimeError):
+    """Ray cannot be reached or refused us; ``str(err)`` is one line."""
+
+
+class AddressError(ClusterError):
+    """An address that names no Ray cluster (a usage error)."""
+
+
+def check_address(address: str, where: str = "--address") -> str:
+    """``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; anything else is a one-line error."""
+    if address == "auto" or _HOST_PORT.match(address.removeprefix("ray://")):
+        return address
+    if address.startswith(("http://", "https://")):
+        raise AddressError(
+            f"{where}={address}: that is a Ray dashboard (Jobs API) address; "
+            "use it with `ckptlab submit`, or give the cluster's HOST:PORT (GCS, e.g. :6379)"
+        )
+    raise AddressError(f"{where}={address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+
+
+@dataclass(frozen=True)
+class ClusterChoice:
+    address: str | None  # None: a private local Ray, or the Ray this process already has
+    source: str  # "--address", "RAY_ADDRESS", "private" or "existing"
+
+    @property
+    def private(self) -> bool:
+        return self.source == "private"
+
+
+def choose_cluster(address: str | None) -> ClusterChoice:
+    """--address, else RAY_ADDRESS, else a private local Ray; validated either way, then
+    superseded by a Ray this process already initialised (a notebook, the test session)."""
+    from_env = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        choice = ClusterChoice(check_address(address), "--address")
+    elif from_env:
+        choice = ClusterChoice(check_address(from_env, "RAY_ADDRESS"), "RAY_ADDRESS")
+    else:
+        choice = ClusterChoice(None, "private")
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return ClusterChoice(None, "existing")
+    return choice
+
+
+def private_ray_environment() -> None:
+    """Environment of a private local Ray, set before ``import ray``: loopback only, token
+    authentication with a per-process token, no usage stats. A user's explicit RAY_AUTH_MODE
+    (or token) wins."""
+    os.environ[_SINGLE_MACHINE] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if os.environ["RAY_AUTH_MODE"] == "token" and not (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    if "ray" in sys.modules:
+        # Imported before we could set the switch (e.g. by a user's own code): apply it.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _job_env_vars() -> set[str]:
+    """Env vars the enclosing Ray Job already sets: ray.init may not set them again."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    config = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not config:
+        return set()
+    return set((json.loads(config).get("runtime_env") or {}).get("env_vars", {}))
+
+
+def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
+    """``ray.init`` for ``choice``; True when this call started Ray (and must shut it down).
+    Workers get ``env_vars`` (never a token: a runtime env is visible in Ray's state API)."""
+    if choice.source == "existing":
+        return False
+    if choice.private:
+        private_ray_environment()
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    env = {k: v for k, v in env_vars.items() if k not in _job_env_vars()}
+    try:
+        ray.init(
+            # "local" always starts a private instance; None would silently attach to any
+            # cluster that `ray start` left running on this machine.
+            address=choice.address or "local",
+            include_dashboard=False if choice.private else None,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": env},
+        )
+    except AuthenticationError:
+        raise ClusterError(
+            f"Ray at {choice.address} ({choice.source}) refused us: it uses token "
+            "authentication; set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+            "RAY_AUTH_TOKEN_PATH) to the cluster's token"
+        ) from None
+    except ConnectionError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(
+            f"cannot reach Ray at {choice.address} ({choice.source}): {first}"
+        ) from None
+    return True
+
+
+def describe(choice: ClusterChoice) -> str:
+    """One line: which Ray this run uses and what it has."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    have = ", ".join(f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if resources.get(k))
+    if choice.private:
+        auth = "token auth" if os.environ.get("RAY_AUTH_MODE") == "token" else "auth disabled"
+        where = f"private local Ray on {nodes[0]['NodeManagerAddress']} ({auth})"
+    elif choice.source == "existing":
+        where = "the Ray this process already had"
+    else:
+        where = f"Ray cluster {choice.address} (from {choice.source})"
+    return f"{where}: {len(nodes)} node{'s' * (len(nodes) != 1)}, {have or 'no CPUs'}"

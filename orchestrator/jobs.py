@@ -1,0 +1,284 @@
+"""``ckptlab submit``: a spec run as a Ray Job on a cluster, through the Jobs SDK.
+
+The job's entrypoint is ``python -m ckptlab run <spec>`` on the cluster's head node; inside a
+job Ray sets ``RAY_ADDRESS``, so that run attaches to the cluster and its workers are the
+cluster's. The runtime env carries what the run needs from the laptop:
+
+- ``working_dir``: the spec and every local file it names (input-set text files, ICL task
+  files), at the same relative paths, so a cell's key is the same on the cluster as at home;
+- ``py_modules`` (``--code ship``, the default): this very ckptlab package, so the cluster
+  runs the code that planned the job without installing anything (its Python environment
+  must have ckptlab's dependencies: the image of infra/Dockerfile has them). ``--code image``
+  uses the cluster's own install instead and checks that its version is this one.
+
+Tokens never travel in the runtime env (Ray's state API shows it): the Jobs client reads
+``RAY_AUTH_TOKEN`` from this environment, and cluster nodes need their own ``HF_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shlex
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tenacity
+import yaml
+from pydantic import BaseModel
+
+import ckptlab
+from ckptlab.analyses.registry import get_analysis
+from ckptlab.code_version import SHIPPED_VERSION_FILE, code_version
+from ckptlab.spec import LocalModels, Spec
+
+# Subpackages that an editable install maps from other folders (pyproject's package-dir).
+_MAPPED_SUBPACKAGES = ("analyses", "orchestrator")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY|ACCESS_KEY", re.IGNORECASE)
+_OUTSIDE = "_outside"
+AGENT_WAIT_S = 60.0  # where files named by absolute or ../ paths go in the working dir
+
+
+class SubmitError(RuntimeError):
+    """A job that cannot be submitted as asked; ``str(err)`` is one line."""
+
+
+# ----------------------------------------------------------------------- what is carried
+
+
+def _paths_in(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, Path]]:
+    """(location, path) of every Path value inside a validated params model."""
+    if isinstance(value, Path):
+        yield where, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _paths_in(getattr(value, name), (*where, name))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _paths_in(item, (*where, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths_in(item, (*where, key))
+
+
+def spec_files(spec: Spec) -> list[tuple[tuple, Path]]:
+    """Every local file a spec names, with its location in the spec: the input sets' text
+    files and any Path in an analysis' params (ICL task files)."""
+    found = [(("input_sets", i, "file"), s.file) for i, s in enumerate(spec.input_sets) if s.file]
+    for i, entry in enumerate(spec.analyses):
+        params = get_analysis(entry.name).params_model.model_validate(entry.params)
+        found += [(("analyses", i, "params", *loc), p) for loc, p in _paths_in(params)]
+    return found
+
+
+def _set(data: Any, location: tuple, value: str) -> None:
+    for key in location[:-1]:
+        data = data[key]
+    data[location[-1]] = value
+
+
+@dataclass
+class StagedSpec:
+    working_dir: Path
+    spec_file: str  # relative to working_dir
+    carried: list[str] = field(default_factory=list)  # files copied, as the spec names them
+    notes: list[str] = field(default_factory=list)  # what is not carried, and why
+
+
+def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> StagedSpec:
+    """Copy the spec and its local files into ``working_dir``. A file named by a path
+    relative to ``base`` (the directory the run would start in) keeps that path; others go
+    under _outside/ and the staged spec names the copy."""
+    data = yaml.safe_load(spec_path.read_text())
+    staged = StagedSpec(working_dir, "spec.yaml")
+    for n, (location, path) in enumerate(spec_files(spec)):
+        source = (base / path).resolve()
+        try:
+            relative = source.relative_to(base.resolve())
+        except ValueError:
+            relative = Path(_OUTSIDE) / str(n) / source.name
+            where = ".".join(str(k) for k in location)
+            staged.notes.append(f"{where}: {path} is outside {base}; carried as {relative}")
+            _set(data, location, str(relative))
+        target = working_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        staged.carried.append(str(path))
+    for i, source in enumerate(spec.models):
+        if isinstance(source, LocalModels):
+            staged.notes.append(
+                f"models[{i}].path: checkpoint folders are not carried; {source.path} must "
+                "exist at that path on the cluster's nodes (shared storage)"
+            )
+    (working_dir / staged.spec_file).write_text(yaml.safe_dump(data, sort_keys=False))
+    return staged
+
+
+def stage_code(dest: Path) -> Path:
+    """A copy of the running ckptlab package, laid out as installed (ckptlab/analyses/,
+    ckptlab/orchestrator/), for the runtime env's py_modules. Pure Python only."""
+    import importlib
+
+    root = Path(ckptlab.__file__).resolve().parent
+    package = dest / "ckptlab"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.egg-info")
+    shutil.copytree(root, package, ignore=skip)
+    for name in _MAPPED_SUBPACKAGES:
+        folder = Path(importlib.import_module(f"ckptlab.{name}").__file__).resolve().parent
+        if not folder.is_relative_to(root):  # editable install: mapped from the repo's folder
+            shutil.copytree(folder, package / name, ignore=skip)
+    (package / SHIPPED_VERSION_FILE).write_text(code_version())
+    return package
+
+
+# --------------------------------------------------------------------------------- submit
+
+
+def check_env_vars(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs for the job's environment; secrets are refused (one line)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise SubmitError(f"--env {pair!r}: expected KEY=VALUE")
+        if _SECRET_NAME.search(key):
+            raise SubmitError(
+                f"--env {key}: secrets never go in a runtime env (Ray's state API and "
+                "dashboard show it); set it on the cluster's nodes instead"
+            )
+        env[key] = value
+    return env
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    spec_path: Path
+    spec: Spec
+    address: (
+        str | None
+    )  # the dashboard, http://HEAD:8265; None: RAY_API_SERVER_ADDRESS / RAY_ADDRESS
+    db: str | None = None  # where results land, as a path on the head node (or shared storage)
+    tracking_uri: str | None = None
+    code: str = "ship"  # "ship" this package, or use the cluster "image"'s
+    env: dict[str, str] = field(default_factory=dict)
+    entrypoint_num_cpus: float = 0
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    entrypoint: str
+    carried: list[str]
+    notes: list[str]
+
+
+def client(address: str | None):
+    """A Jobs SDK client; one-line SubmitError when the dashboard cannot be reached."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    # The SDK logs each package upload at INFO; what matters is printed by the CLI.
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise SubmitError(
+            f"the Ray dashboard at {address} needs a token: set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {first}") from None
+
+
+def entrypoint(request: JobRequest, spec_file: str) -> str:
+    args = ["python", "-m", "ckptlab", "run", spec_file]
+    if request.db:
+        args += ["--db", request.db]
+    if request.tracking_uri:
+        args += ["--tracking-uri", request.tracking_uri]
+    if request.code == "image":
+        args += ["--expect-version", ckptlab.__version__]
+    return shlex.join(args)
+
+
+@contextmanager
+def staged(request: JobRequest, base: Path):
+    """The runtime env and entrypoint of a request, in a temporary folder that lives as long
+    as the submission needs it (Ray uploads the folders when the job is submitted)."""
+    with tempfile.TemporaryDirectory(prefix="ckptlab-submit-") as tmp:
+        work = Path(tmp) / "work"
+        work.mkdir()
+        spec = stage_spec(request.spec_path, request.spec, work, base)
+        env: dict[str, Any] = {
+            "working_dir": str(work),
+            "env_vars": {"TOKENIZERS_PARALLELISM": "false", **request.env},
+        }
+        if request.code == "ship":
+            env["py_modules"] = [str(stage_code(Path(tmp) / "code"))]
+        yield env, entrypoint(request, spec.spec_file), spec
+
+
+def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitted:
+    """Stage and submit; ``base`` is where relative paths in the spec start (the cwd)."""
+    jobs = jobs or client(request.address)
+    metadata = {
+        "ckptlab_spec": request.spec.name,
+        "ckptlab_spec_hash": request.spec.spec_hash(),
+        "ckptlab_code": code_version(),
+    }
+    job_id = f"ckptlab-{request.spec.name}-{uuid.uuid4().hex[:8]}"
+    # A cluster that has just started answers "No available agent to submit job, please try
+    # again later" until its head's job agent is up: wait for it, boundedly.
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda e: "try again later" in str(e)),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=5),
+        stop=tenacity.stop_after_delay(AGENT_WAIT_S),
+        reraise=True,
+    )
+    with staged(request, base or Path.cwd()) as (runtime_env, command, spec):
+        try:
+            retrying(
+                jobs.submit_job,
+                entrypoint=command,
+                runtime_env=runtime_env,
+                submission_id=job_id,
+                metadata=metadata,
+                entrypoint_num_cpus=request.entrypoint_num_cpus,
+            )
+        except (RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise SubmitError(f"the cluster refused the job: {first}") from None
+    return Submitted(job_id, command, spec.carried, spec.notes)
+
+
+# ----------------------------------------------------------------------- follow and manage
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def follow(jobs, job_id: str, write: Callable[[str], None]) -> None:
+    """Stream a job's logs until it ends."""
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(job_id):
+            write(lines)
+
+    asyncio.run(tail())
+
+
+def exit_code(info) -> int:
+    """The job's outcome as this CLI's exit code: 0 succeeded; the driver's own code when it
+    failed with one (2 = a bad spec on the cluster); 1 otherwise."""
+    status = str(getattr(info.status, "value", info.status))
+    if status == "SUCCEEDED":
+        return 0
+    code = getattr(info, "driver_exit_code", None)
+    return code if isinstance(code, int) and code > 0 else 1

@@ -1,0 +1,182 @@
+"""What `ckptlab submit` carries to a cluster: the spec and its files, this ckptlab package,
+and never a secret. (The loopback-cluster runs are in test_cluster.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ckptlab.cli import app
+from ckptlab.code_version import code_version
+from ckptlab.orchestrator.jobs import (
+    JobRequest,
+    SubmitError,
+    check_env_vars,
+    entrypoint,
+    spec_files,
+    stage_code,
+    stage_spec,
+    staged,
+)
+from ckptlab.spec import load_spec
+
+
+def write_spec(root: Path, outside: Path) -> Path:
+    (root / "data").mkdir()
+    (root / "data" / "corpus.txt").write_text("some text " * 200)
+    (root / "tasks.jsonl").write_text(
+        '{"input": "a", "label": "b"}\n{"input": "c", "label": "d"}\n'
+    )
+    outside.write_text("text from elsewhere " * 100)
+    (root / "ckpts" / "step1").mkdir(parents=True)
+    spec = {
+        "name": "carried",
+        "models": [{"suite": "pico", "sizes": ["xs"], "steps": [0]}, {"path": "ckpts"}],
+        "input_sets": [
+            {"name": "mine", "file": "data/corpus.txt"},
+            {"name": "theirs", "file": str(outside)},
+        ],
+        "analyses": [
+            {"name": "saturation"},
+            {"name": "icl", "params": {"tasks": [{"data": {"file": "tasks.jsonl"}}]}},
+        ],
+    }
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    root.mkdir()
+    path = write_spec(root, tmp_path / "elsewhere.txt")
+    monkeypatch.chdir(root)  # relative paths in a spec start at the working directory
+    return root, path
+
+
+def test_spec_files_finds_input_files_and_paths_in_analysis_params(project):
+    _, path = project
+    found = dict(spec_files(load_spec(path)))
+    assert found[("input_sets", 0, "file")] == Path("data/corpus.txt")
+    assert found[("analyses", 1, "params", "tasks", 0, "data", "file")] == Path("tasks.jsonl")
+    assert len(found) == 3
+
+
+def test_stage_spec_keeps_relative_paths_and_moves_outside_ones(project, tmp_path):
+    root, path = project
+    work = tmp_path / "work"
+    work.mkdir()
+    staged_spec = stage_spec(path, load_spec(path), work, root)
+    data = yaml.safe_load((work / staged_spec.spec_file).read_text())
+    # Relative paths are kept, so a cell keyed by params (ICL task files) keeps its key.
+    assert data["input_sets"][0]["file"] == "data/corpus.txt"
+    assert data["analyses"][1]["params"]["tasks"][0]["data"]["file"] == "tasks.jsonl"
+    assert (work / "data/corpus.txt").read_text() == (root / "data/corpus.txt").read_text()
+    assert (work / "tasks.jsonl").is_file()
+    moved = data["input_sets"][1]["file"]
+    assert moved.startswith("_outside/") and moved.endswith("elsewhere.txt")
+    assert (work / moved).read_text() == (tmp_path / "elsewhere.txt").read_text()
+    assert any("outside" in note for note in staged_spec.notes)
+    assert any("models[1].path: checkpoint folders are not carried" in n for n in staged_spec.notes)
+
+
+def test_stage_code_is_the_installed_layout_and_shadows_any_install(tmp_path):
+    package = stage_code(tmp_path)
+    for name in ("analyses/anisotropy.py", "orchestrator/runner.py", "cli/jobs.py", "hub.py"):
+        assert (package / name).is_file(), name
+    assert not list(package.rglob("__pycache__"))
+    probe = (
+        "import json, ckptlab.analyses, ckptlab.orchestrator.runner;"
+        "from ckptlab.code_version import code_version;"
+        "print(json.dumps([ckptlab.analyses.__file__, code_version()]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # what Ray's py_modules does
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    where, version = json.loads(done.stdout)
+    assert Path(where).is_relative_to(package)
+    assert version == code_version()  # recorded when shipped: the copy has no git
+
+
+def test_the_runtime_env_carries_spec_files_and_code_but_no_token(project, monkeypatch):
+    _, path = project
+    monkeypatch.setenv("HF_TOKEN", "hf_canary_token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "ray_canary_token")
+    request = JobRequest(path, load_spec(path), None, db="/shared/r.duckdb")
+    with staged(request, Path.cwd()) as (runtime_env, command, spec):
+        assert sorted(runtime_env) == ["env_vars", "py_modules", "working_dir"]
+        assert Path(runtime_env["py_modules"][0]).name == "ckptlab"
+        assert (Path(runtime_env["working_dir"]) / "spec.yaml").is_file()
+        assert command == "python -m ckptlab run spec.yaml --db /shared/r.duckdb"
+        assert "canary" not in json.dumps(runtime_env)
+        assert spec.carried == ["data/corpus.txt", str(Path.cwd().parent / "elsewhere.txt"),
+                                "tasks.jsonl"]  # fmt: skip
+    image = JobRequest(path, load_spec(path), None, code="image")
+    with staged(image, Path.cwd()) as (runtime_env, command, _):
+        assert "py_modules" not in runtime_env
+        assert command.endswith("--expect-version 0.1.0")
+    assert entrypoint(request, "s.yaml").startswith("python -m ckptlab run s.yaml")
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["HF_TOKEN=x"], "secrets never go in a runtime env"),
+        (["AWS_SECRET_ACCESS_KEY=x"], "secrets never go"),
+        (["nokey"], "expected KEY=VALUE"),
+    ],
+)
+def test_env_vars_refuse_secrets(pairs, message):
+    with pytest.raises(SubmitError, match=message):
+        check_env_vars(pairs)
+    assert check_env_vars(["HF_HUB_CACHE=/shared/hub"]) == {"HF_HUB_CACHE": "/shared/hub"}
+
+
+TINY = """
+name: t
+models: [{suite: pico, sizes: [xs], steps: [0]}]
+analyses: [{name: singular_entropy}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--address", "http://head:8265"], "that is a Ray dashboard"),
+        (["run", "--address", "not an address"], "expected auto, HOST:PORT or ray://HOST:PORT"),
+        (["submit", "--address", "head:6379"], "the Jobs API is the dashboard's http://HEAD:8265"),
+        (["submit", "--env", "HF_TOKEN=hf_x"], "secrets never go in a runtime env"),
+        (["run", "--expect-version", "9.9.9"], "the job was planned with 9.9.9"),
+    ],
+)
+def test_bad_cluster_arguments_are_one_line_exit_2(tmp_path, args, message):
+    spec = tmp_path / "t.yaml"
+    spec.write_text(TINY)
+    db = tmp_path / "never.duckdb"
+    command, *options = args
+    result = CliRunner().invoke(app, [command, str(spec), "--db", str(db), *options])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not db.exists()
+
+
+def test_a_bad_ray_address_in_the_environment_is_exit_2(tmp_path, monkeypatch):
+    spec = tmp_path / "t.yaml"
+    spec.write_text(TINY)
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    result = CliRunner().invoke(app, ["run", str(spec), "--db", str(tmp_path / "r.duckdb")])
+    assert result.exit_code == 2
+    assert "RAY_ADDRESS=http://head:8265: that is a Ray dashboard" in " ".join(
+        result.output.split()
+    )
