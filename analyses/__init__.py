@@ -13,13 +13,24 @@ from ckptlab.analyses import (  # noqa: F401
     saturation,
     singular_entropy,
 )
-from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.capture import Batch, Capture, CheckpointContext
 from ckptlab.analyses.registry import (
     AnalysisDef,
     MetricValue,
     Need,
+    Reducer,
     get_analysis,
     registered_analyses,
 )
 
-__all__ = ["AnalysisDef", "Capture", "MetricValue", "Need", "get_analysis", "registered_analyses"]
+__all__ = [
+    "AnalysisDef",
+    "Batch",
+    "Capture",
+    "CheckpointContext",
+    "MetricValue",
+    "Need",
+    "Reducer",
+    "get_analysis",
+    "registered_analyses",
+]

@@ -5,10 +5,36 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ckptlab.analyses.capture import Capture
-from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Batch
+from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
 _CHUNK_ROWS = 8192  # rows converted to float64 at a time: memory stays O(chunk * d)
+
+
+class UnitSum:
+    """s = sum_i h_i / ||h_i|| and the count N, accumulated in float64: the sufficient
+    statistics of every mean-cosine metric (sum_{i != j} u_i . u_j = ||s||^2 - N)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None  # [d] float64
+        self.count = 0
+
+    def add(self, vectors: torch.Tensor) -> None:  # [N, d]
+        if self.total is None:
+            self.total = torch.zeros(vectors.shape[1], dtype=torch.float64, device=vectors.device)
+        for start in range(0, vectors.shape[0], _CHUNK_ROWS):
+            chunk = vectors[start : start + _CHUNK_ROWS].to(torch.float64)  # [chunk, d]
+            norms = chunk.norm(dim=1, keepdim=True)
+            if bool((norms == 0).any()):
+                raise ValueError("anisotropy is undefined for a zero vector")
+            self.total += (chunk / norms).sum(dim=0)
+        self.count += vectors.shape[0]
+
+    def mean_pairwise_cosine(self) -> float:
+        n = self.count
+        if n < 2:
+            raise ValueError("anisotropy needs at least two vectors")
+        return float((self.total.dot(self.total) - n) / (n * (n - 1)))
 
 
 def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
@@ -19,17 +45,11 @@ def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
     s is accumulated in float64 so that the cancellation in ||s||^2 - N stays exact enough.
     Zero vectors have no direction; they are an error rather than a silent NaN.
     """
-    n = vectors.shape[0]
-    if n < 2:
+    if vectors.shape[0] < 2:
         raise ValueError("anisotropy needs at least two vectors")
-    total = torch.zeros(vectors.shape[1], dtype=torch.float64, device=vectors.device)
-    for start in range(0, n, _CHUNK_ROWS):
-        chunk = vectors[start : start + _CHUNK_ROWS].to(torch.float64)  # [chunk, d]
-        norms = chunk.norm(dim=1, keepdim=True)
-        if bool((norms == 0).any()):
-            raise ValueError("anisotropy is undefined for a zero vector")
-        total += (chunk / norms).sum(dim=0)
-    return float((total.dot(total) - n) / (n * (n - 1)))
+    sums = UnitSum()
+    sums.add(vectors)
+    return sums.mean_pairwise_cosine()
 
 
 class AnisotropyParams(BaseModel):
@@ -44,7 +64,7 @@ class AnisotropyParams(BaseModel):
     needs={Need.HIDDEN_STATES, Need.PRE_FINAL_NORM},
     params=AnisotropyParams,
 )
-def anisotropy(capture: Capture, params: AnisotropyParams) -> list[MetricValue]:
+class Anisotropy(Reducer[AnisotropyParams]):
     """Anisotropy per layer (Ethayarajh 2019; Godey et al. 2024, "Why do small language models
     underperform?").
 
@@ -54,18 +74,38 @@ def anisotropy(capture: Capture, params: AnisotropyParams) -> list[MetricValue]:
     Metric ``anisotropy`` at layer k = hidden_states[k] (0 = embeddings, L = after the final
     norm); ``anisotropy_pre_final_norm`` at layer L = the last block's output before the norm.
     Not to be confused with the largest covariance eigenvalue's share, a different metric.
+    State per layer: the float64 sum of unit vectors and their count (O(d)).
     """
-    first = 1 if params.drop_first_position else 0
 
-    def pooled(h: torch.Tensor) -> torch.Tensor:  # [seq, pos, d] -> [seq * (pos - first), d]
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        self.layers: list[UnitSum] = []
+        self.pre_norm = UnitSum()
+
+    def _pooled(self, h: torch.Tensor) -> torch.Tensor:  # [b, pos, d] -> [b * (pos - first), d]
+        first = 1 if self.params.drop_first_position else 0
         return h[:, first:, :].reshape(-1, h.shape[-1])
 
-    hidden_states = capture.require("hidden_states")
-    rows = [
-        MetricValue("anisotropy", mean_pairwise_cosine(pooled(h)), layer=k)
-        for k, h in enumerate(hidden_states)
-    ]
-    last = len(hidden_states) - 1
-    pre_norm = mean_pairwise_cosine(pooled(capture.require("pre_final_norm")))
-    rows.append(MetricValue("anisotropy_pre_final_norm", pre_norm, layer=last))
-    return rows
+    def update(self, batch: Batch) -> None:
+        hidden_states = batch.require("hidden_states")
+        pre_norm = batch.require("pre_final_norm")
+        if not self.layers:
+            self.layers = [UnitSum() for _ in hidden_states]
+        for sums, h in zip(self.layers, hidden_states, strict=True):
+            sums.add(self._pooled(h))
+        self.pre_norm.add(self._pooled(pre_norm))
+
+    def finalize(self) -> list[MetricValue]:
+        if not self.layers:
+            raise ValueError("anisotropy needs at least two vectors")
+        rows = [
+            MetricValue("anisotropy", sums.mean_pairwise_cosine(), layer=k)
+            for k, sums in enumerate(self.layers)
+        ]
+        last = len(self.layers) - 1
+        pre_norm = self.pre_norm.mean_pairwise_cosine()
+        rows.append(MetricValue("anisotropy_pre_final_norm", pre_norm, layer=last))
+        return rows
+
+
+anisotropy = Anisotropy.on_capture

@@ -1,4 +1,16 @@
-"""The contract between the runner's single forward pass and the analyses."""
+"""The contract between the runner's single forward pass and the analyses.
+
+The pass over an input set streams: the runner feeds each analysis one ``Batch`` at a time
+(a few sequences and what the analyses asked to capture from them), so a unit holds the
+model, one batch and each analysis' own bounded state, whatever the input set's size. What
+does not change during the pass (the LM head, the embeddings, the model itself, the whole
+input set's token ids, a reference checkpoint's sketch) is the ``CheckpointContext`` an
+analysis gets when it starts.
+
+Layer k always means ``hidden_states[k]`` as transformers returns it: 0 = token embeddings,
+L = the last block's output AFTER the final norm (GPT-NeoX, Llama and GPT-2 all apply it
+there). The last block's output BEFORE the final norm is ``pre_final_norm``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +22,13 @@ import torch
 
 class MissingCapture(RuntimeError):
     pass
+
+
+def _require(holder, field: str):
+    value = getattr(holder, field)
+    if value is None:
+        raise MissingCapture(f"{field} was not captured; declare it in the analysis' needs")
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,7 @@ def sample_positions(total: int, max_tokens: int, seed: int) -> np.ndarray:
 def sketch_hidden_states(
     hidden_states: tuple[torch.Tensor, ...], positions: np.ndarray
 ) -> tuple[np.ndarray, ...]:
+    """Each layer's vectors at flat positions of [seq * pos], as float32 numpy arrays."""
     index = torch.from_numpy(positions)
     return tuple(
         h.reshape(-1, h.shape[-1])[index.to(h.device)].float().cpu().numpy() for h in hidden_states
@@ -43,20 +63,11 @@ def sketch_hidden_states(
 
 
 @dataclass
-class Capture:
-    """What one forward pass over one input set produced.
+class CheckpointContext:
+    """What an analysis may read besides the batches; fixed for one checkpoint and one input
+    set, and filled only with what the analyses declared in ``needs``."""
 
-    Only the fields that the requested analyses declared in ``needs`` are filled. Layer k means
-    ``hidden_states[k]`` as transformers returns it: 0 = token embeddings, L = the last block's
-    output AFTER the final norm (GPT-NeoX, Llama, GPT-2 all apply it there). The last block's
-    output BEFORE the final norm is ``pre_final_norm``.
-    """
-
-    input_ids: torch.Tensor | None = None  # [seq, pos] int64: filled by every forward pass
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # (L+1) x [seq, pos, d_model]
-    pre_final_norm: torch.Tensor | None = None  # [seq, pos, d_model]
-    mlp_activations: tuple[torch.Tensor, ...] | None = None  # L x [seq, pos, d_mlp], block 1..L
-    token_nll: torch.Tensor | None = None  # [seq, pos - 1], float32, nats
+    input_ids: torch.Tensor | None = None  # [seq, pos] int64: the whole input set, known up front
     lm_head_weight: torch.Tensor | None = None  # [d_vocab_padded, d_model]
     input_embedding_weight: torch.Tensor | None = None  # [d_vocab_padded, d_model]
     tokenizer_vocab_size: int | None = None  # len(tokenizer); rows beyond it are padding
@@ -74,7 +85,69 @@ class Capture:
         return (hidden @ weight.T).float()
 
     def require(self, field: str):
-        value = getattr(self, field)
-        if value is None:
-            raise MissingCapture(f"{field} was not captured; declare it in the analysis' needs")
-        return value
+        return _require(self, field)
+
+    def input_shape(self) -> tuple[int, int]:
+        """(sequences, positions) of the input set."""
+        seq, pos = self.require("input_ids").shape
+        return seq, pos
+
+
+@dataclass
+class Batch:
+    """A few consecutive sequences of the input set and what the pass captured from them.
+    Analyses read it during ``update`` and must not keep references to its tensors."""
+
+    input_ids: torch.Tensor  # [b, pos] int64 (zeros when a hand-built Capture had none)
+    start: int = 0  # index of the batch's first sequence in the input set
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (L+1) x [b, pos, d_model]
+    pre_final_norm: torch.Tensor | None = None  # [b, pos, d_model]
+    mlp_activations: tuple[torch.Tensor, ...] | None = None  # L x [b, pos, d_mlp], block 1..L
+    token_nll: torch.Tensor | None = None  # [b, pos - 1], float32, nats
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Flat indices into the input set's [seq * pos] of this batch's tokens, [b * pos]."""
+        b, width = self.input_ids.shape
+        return torch.arange(self.start * width, (self.start + b) * width)
+
+    def require(self, field: str):
+        return _require(self, field)
+
+
+@dataclass
+class Capture(CheckpointContext):
+    """A whole input set captured at once: the context plus every batch concatenated. Tests
+    and benchmarks build it by hand; ``as_batch`` hands it to an analysis as one batch."""
+
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (L+1) x [seq, pos, d_model]
+    pre_final_norm: torch.Tensor | None = None  # [seq, pos, d_model]
+    mlp_activations: tuple[torch.Tensor, ...] | None = None  # L x [seq, pos, d_mlp], block 1..L
+    token_nll: torch.Tensor | None = None  # [seq, pos - 1], float32, nats
+
+    def input_shape(self) -> tuple[int, int]:
+        """Hand-built captures may omit the token ids: their tensors give the shape."""
+        if self.input_ids is not None:
+            return super().input_shape()
+        for shaped in (self.hidden_states, self.pre_final_norm, self.mlp_activations):
+            if shaped is not None:
+                first = shaped[0] if isinstance(shaped, tuple) else shaped
+                return first.shape[0], first.shape[1]
+        if self.token_nll is not None:
+            return self.token_nll.shape[0], self.token_nll.shape[1] + 1
+        raise MissingCapture("input_ids was not captured; declare it in the analysis' needs")
+
+    def as_batch(self) -> Batch:
+        ids = self.input_ids
+        if ids is None:  # shape only: what batch positions are counted from
+            try:
+                ids = torch.zeros(self.input_shape(), dtype=torch.int64)
+            except MissingCapture:
+                ids = torch.zeros(0, 0, dtype=torch.int64)
+        return Batch(
+            input_ids=ids,
+            hidden_states=self.hidden_states,
+            pre_final_norm=self.pre_final_norm,
+            mlp_activations=self.mlp_activations,
+            token_nll=self.token_nll,
+        )

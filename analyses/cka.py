@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ckptlab.analyses.capture import Capture, sketch_hidden_states
-from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Batch, sample_positions
+from ckptlab.analyses.position_sample import PositionSample
+from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -31,23 +33,43 @@ class CKAParams(BaseModel):
 
 
 @analysis(name="cka", version=1, needs={Need.HIDDEN_STATES, Need.REFERENCE}, params=CKAParams)
-def cka(capture: Capture, params: CKAParams) -> list[MetricValue]:
+class CKA(Reducer[CKAParams]):
     """Linear CKA per layer against a reference checkpoint (Kornblith et al. 2019, "Similarity
     of Neural Network Representations Revisited").
 
         CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),   X, Y column-centred
 
     X = this checkpoint's hidden_states[k], Y = the reference's hidden_states[k], on the same
-    token positions: a seeded sample of at most ``max_tokens`` positions of the input set. The
-    reference's vectors come from a sketch computed once per (reference commit, input set) and
-    shared with every checkpoint. Invariant to orthogonal transforms and isotropic scaling;
-    CKA of the reference with itself is 1.
+    token positions: a seeded sample of at most ``max_tokens`` positions of the input set,
+    gathered while the pass streams. The reference's vectors at those positions (its sketch)
+    are gathered the same way, once per (reference commit, input set), and shared with every
+    checkpoint. Invariant to orthogonal transforms and isotropic scaling; CKA of the
+    reference with itself is 1.
     """
-    reference = capture.require("reference")
-    mine = sketch_hidden_states(capture.require("hidden_states"), reference.positions)
-    if len(mine) != len(reference.layers):
-        raise ValueError(f"{len(mine)} layers here, {len(reference.layers)} in the reference")
-    return [
-        MetricValue("cka", linear_cka(torch.from_numpy(x), torch.from_numpy(y)), layer=k)
-        for k, (x, y) in enumerate(zip(mine, reference.layers, strict=True))
-    ]
+
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        if context.reference is not None:
+            positions = context.reference.positions
+        else:  # the reference checkpoint itself: its sketch is made from this very pass
+            seq, pos = context.input_shape()
+            positions = sample_positions(seq * pos, params.max_tokens, params.seed)
+        self.sample = PositionSample(positions, torch.float32)
+
+    def update(self, batch: Batch) -> None:
+        self.sample.add(batch, batch.require("hidden_states"))
+
+    def finalize(self) -> list[MetricValue]:
+        reference = self.context.require("reference")
+        mine = self.sample.complete()
+        if not np.array_equal(self.sample.positions.numpy(), reference.positions):
+            raise ValueError("the reference sketch was taken at other token positions")
+        if len(mine) != len(reference.layers):
+            raise ValueError(f"{len(mine)} layers here, {len(reference.layers)} in the reference")
+        return [
+            MetricValue("cka", linear_cka(x.cpu(), torch.from_numpy(y)), layer=k)
+            for k, (x, y) in enumerate(zip(mine, reference.layers, strict=True))
+        ]
+
+
+cka = CKA.on_capture

@@ -7,9 +7,9 @@ from typing import Annotated
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ckptlab.analyses.capture import Capture
-from ckptlab.analyses.readout import readout_cross_entropy
-from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Batch
+from ckptlab.analyses.readout import MeanNLL
+from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
 
 class HeadRankParams(BaseModel):
@@ -23,7 +23,7 @@ class HeadRankParams(BaseModel):
     needs={Need.HIDDEN_STATES, Need.READOUT},
     params=HeadRankParams,
 )
-def head_rank_proxy(capture: Capture, params: HeadRankParams) -> list[MetricValue]:
+class HeadRankProxy(Reducer[HeadRankParams]):
     """Cross-entropy with the LM head replaced by its best rank-r approximation — a
     training-free PROXY for the rank-limited heads W = A B of Godey et al. 2024 ("Why do small
     language models underperform?"), which were trained on frozen features.
@@ -33,19 +33,31 @@ def head_rank_proxy(capture: Capture, params: HeadRankParams) -> list[MetricValu
 
     Metric ``cross_entropy_rank_<r>`` for each requested r (capped at min(V, d), where W_r = W)
     and ``cross_entropy_full_rank``. Logits are computed as (h V_r S_r) U_r^T, [tokens, r] then
-    [tokens, V], chunked over tokens.
+    [tokens, V], chunked over tokens. The SVD is taken once, when the analysis starts.
     """
-    hidden = capture.require("hidden_states")[-1]  # [seq, pos, d_model], normed
-    input_ids = capture.require("input_ids")
-    weight = capture.require("lm_head_weight").to(torch.float64)  # [V, d_model]
-    u, sigma, vh = torch.linalg.svd(weight, full_matrices=False)
-    rows = []
-    for r in sorted(set(params.ranks)):
-        r_eff = min(r, sigma.numel())
-        down = (vh[:r_eff].T * sigma[:r_eff]).to(hidden.dtype)  # [d_model, r]
-        up = u[:, :r_eff].T.to(hidden.dtype)  # [r, V]
-        ce = readout_cross_entropy(hidden, input_ids, lambda s, down=down, up=up: s @ down @ up)
-        rows.append(MetricValue(f"cross_entropy_rank_{r}", ce))
-    full = readout_cross_entropy(hidden, input_ids, lambda s: capture.readout_logits(s, True))
-    rows.append(MetricValue("cross_entropy_full_rank", full))
-    return rows
+
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        weight = context.require("lm_head_weight").to(torch.float64)  # [V, d_model]
+        u, sigma, vh = torch.linalg.svd(weight, full_matrices=False)
+        self.factors = {}  # r -> (down [d_model, r], up [r, V]) in float64
+        for r in sorted(set(params.ranks)):
+            r_eff = min(r, sigma.numel())
+            self.factors[r] = (vh[:r_eff].T * sigma[:r_eff], u[:, :r_eff].T)
+        self.ranked = {r: MeanNLL() for r in self.factors}
+        self.full = MeanNLL()
+
+    def update(self, batch: Batch) -> None:
+        hidden = batch.require("hidden_states")[-1]  # [b, pos, d_model], normed
+        for r, (down, up) in self.factors.items():
+            down, up = down.to(hidden.dtype), up.to(hidden.dtype)
+            self.ranked[r].add(hidden, batch.input_ids, lambda s, down=down, up=up: s @ down @ up)
+        self.full.add(hidden, batch.input_ids, lambda s: self.context.readout_logits(s, True))
+
+    def finalize(self) -> list[MetricValue]:
+        rows = [MetricValue(f"cross_entropy_rank_{r}", nll.mean) for r, nll in self.ranked.items()]
+        rows.append(MetricValue("cross_entropy_full_rank", self.full.mean))
+        return rows
+
+
+head_rank_proxy = HeadRankProxy.on_capture

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import f1_score
 
-from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.capture import CheckpointContext
 from ckptlab.analyses.icl_tasks.baseline import bow_predict
 from ckptlab.analyses.icl_tasks.scoring import score_candidates
 from ckptlab.analyses.icl_tasks.tasks import (
@@ -108,7 +108,7 @@ def _baseline(instance: TaskInstance, batch, tokenizer, key: str, seed: int) -> 
     params=IclParams,
     context=task_fingerprints,
 )
-def icl(capture: Capture, params: IclParams) -> list[MetricValue]:
+def icl(context: CheckpointContext, params: IclParams) -> list[MetricValue]:
     """In-context learning on structured tasks (Li, Hou, Sachan, Cotterell, ACL 2024, "What Do
     Language Models Learn in Context? The Structured Task Hypothesis"; task variants in
     analyses/icl_tasks/tasks.py).
@@ -127,7 +127,7 @@ def icl(capture: Capture, params: IclParams) -> list[MetricValue]:
     ``max_prompt_tokens``. Shot counts whose prompts exceed the model's context
     (max_position_embeddings) get only ``max_prompt_tokens`` and ``exceeds_context`` = 1.
     """
-    model, tokenizer = capture.require("model"), capture.require("tokenizer")
+    model, tokenizer = context.require("model"), context.require("tokenizer")
     context = getattr(model.config, "max_position_embeddings", None)
     tokenizer_id = _tokenizer_id(tokenizer)
     values: list[MetricValue] = []

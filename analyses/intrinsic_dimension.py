@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ckptlab.analyses.capture import Capture
-from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Batch
+from ckptlab.analyses.position_sample import PositionSample
+from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
 BLOCK_ELEMENTS = 1 << 24  # distances held at once: block_rows * N <= 16M float64 (128 MB)
 
@@ -43,6 +47,11 @@ def twonn_dimension(points: torch.Tensor, fit_fraction: float = 0.9) -> float:
     return float((x * y).sum() / (x * x).sum())
 
 
+# Positions gathered per requested point: deduplication (repeated tokens have identical
+# embeddings) must still leave max_points distinct vectors in all but degenerate inputs.
+OVERSAMPLE = 1.5
+
+
 class IntrinsicDimensionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # O(N^2 d): a fixed, seeded subsample keeps large input sets tractable.
@@ -53,11 +62,11 @@ class IntrinsicDimensionParams(BaseModel):
 
 @analysis(
     name="intrinsic_dimension",
-    version=1,
+    version=2,
     needs={Need.HIDDEN_STATES},
     params=IntrinsicDimensionParams,
 )
-def intrinsic_dimension(capture: Capture, params: IntrinsicDimensionParams) -> list[MetricValue]:
+class IntrinsicDimension(Reducer[IntrinsicDimensionParams]):
     """TwoNN intrinsic dimension per layer (Facco et al. 2017, "Estimating the intrinsic
     dimension of datasets by a minimal neighborhood information"; Valeriani et al. 2023 on LM
     representations).
@@ -65,20 +74,38 @@ def intrinsic_dimension(capture: Capture, params: IntrinsicDimensionParams) -> l
         mu_i = r2(i) / r1(i)   (second over first nearest-neighbour distance)
         -ln(1 - F(mu)) = d ln mu,  d fit through the origin by least squares
 
-    Token vectors of hidden_states[k] are pooled, deduplicated (identical vectors, e.g. the
-    embeddings of a repeated token, would give r1 = 0), and subsampled to ``max_points`` with
-    ``seed``. Distances in float64 blocks: no N x N matrix. ``twonn_points`` records N.
+    Token vectors of hidden_states[k] at a seeded sample of 1.5 x ``max_points`` positions
+    (all positions when fewer) are gathered while the pass streams, deduplicated (identical
+    vectors, e.g. the embeddings of a repeated token, would give r1 = 0) and cut to
+    ``max_points`` with ``seed``. Distances in float64 blocks: no N x N matrix.
+    ``twonn_points`` records the number of points. (Version 2: sampling before deduplication,
+    so the state is bounded; version 1 deduplicated every token first.)
     """
-    rows = []
-    generator = torch.Generator().manual_seed(params.seed)
-    for k, h in enumerate(capture.require("hidden_states")):
-        # Deduplicate in the captured dtype (a float64 copy of all N vectors is not needed).
-        points = torch.unique(h.reshape(-1, h.shape[-1]), dim=0)
-        if points.shape[0] > params.max_points:
-            chosen = torch.randperm(points.shape[0], generator=generator)[: params.max_points]
-            points = points[chosen.to(points.device)]
-        rows.append(
-            MetricValue("intrinsic_dimension", twonn_dimension(points, params.fit_fraction), k)
-        )
-        rows.append(MetricValue("twonn_points", float(points.shape[0]), k))
-    return rows
+
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        seq, pos = context.input_shape()
+        total = seq * pos
+        wanted = min(total, math.ceil(OVERSAMPLE * params.max_points))
+        rng = np.random.default_rng(params.seed)
+        positions = np.arange(total) if wanted == total else rng.choice(total, wanted, False)
+        self.sample = PositionSample(np.sort(positions))  # in the captured dtype
+
+    def update(self, batch: Batch) -> None:
+        self.sample.add(batch, batch.require("hidden_states"))
+
+    def finalize(self) -> list[MetricValue]:
+        rows = []
+        generator = torch.Generator().manual_seed(self.params.seed)
+        for k, vectors in enumerate(self.sample.complete()):
+            points = torch.unique(vectors, dim=0)
+            if points.shape[0] > self.params.max_points:
+                chosen = torch.randperm(points.shape[0], generator=generator)
+                points = points[chosen[: self.params.max_points].to(points.device)]
+            dimension = twonn_dimension(points, self.params.fit_fraction)
+            rows.append(MetricValue("intrinsic_dimension", dimension, k))
+            rows.append(MetricValue("twonn_points", float(points.shape[0]), k))
+        return rows
+
+
+intrinsic_dimension = IntrinsicDimension.on_capture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ckptlab.analyses.capture import Capture
-from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Batch
+from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
 
 def _centre_and_normalise(m: torch.Tensor) -> torch.Tensor:
@@ -32,13 +32,55 @@ def linearity_score(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(1 - (y - u @ (u.T @ y)).square().sum())
 
 
+def _explained(a: torch.Tensor, b: torch.Tensor, n: int) -> float:
+    """||P_A B||_F^2 / ||B||_F^2, P_A the projection onto the column space of A (singular
+    values above sigma_max * max(n, d) * eps, as in linearity_score)."""
+    u, sigma, _ = torch.linalg.svd(a, full_matrices=False)
+    if sigma.numel() == 0 or sigma.max() == 0:
+        return 0.0
+    tolerance = sigma.max() * max(n, a.shape[1]) * torch.finfo(torch.float64).eps
+    u = u[:, sigma > tolerance]
+    return float((u.T @ b).square().sum() / b.square().sum())
+
+
+class PairQR:
+    """The R factor of M = [1, X, Y] (N x (1 + d1 + d2)), updated batch by batch:
+    R <- qr([R; M_batch]).R (a tall-skinny QR: exact and as stable as one QR of all of M).
+
+    With Q's first column along the ones vector, the centred [X_c, Y_c] = Q' R[1:, 1:], Q'
+    orthonormal, so every norm and projection of the centred matrices can be read off
+    A = R[1:, X columns] and B = R[1:, Y columns]: the linearity score is ||P_A B||^2 / ||B||^2,
+    and Y - X (the residual-removed variant) is B - A, with no second factorisation.
+    """
+
+    def __init__(self) -> None:
+        self.r: torch.Tensor | None = None  # [<= 1 + d1 + d2, 1 + d1 + d2] float64
+        self.count = 0
+        self.d1 = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:  # [n, d1], [n, d2]
+        ones = torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)
+        m = torch.cat([ones, x.to(torch.float64), y.to(torch.float64)], dim=1)
+        stacked = m if self.r is None else torch.cat([self.r, m])
+        self.r = torch.linalg.qr(stacked, mode="r").R
+        self.count += x.shape[0]
+        self.d1 = x.shape[1]
+
+    def scores(self) -> tuple[float, float | None]:
+        """(linearity, linearity of Y - X or None when the widths differ)."""
+        rest = self.r[1:, 1:]
+        a, b = rest[:, : self.d1], rest[:, self.d1 :]
+        removed = _explained(a, b - a, self.count) if a.shape == b.shape else None
+        return _explained(a, b, self.count), removed
+
+
 class LinearityParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     drop_first_position: bool = False
 
 
 @analysis(name="linearity", version=1, needs={Need.HIDDEN_STATES}, params=LinearityParams)
-def linearity(capture: Capture, params: LinearityParams) -> list[MetricValue]:
+class Linearity(Reducer[LinearityParams]):
     """Linearity score of every consecutive layer pair (Razzhigaev et al. 2024, "Your
     Transformer is Secretly Linear").
 
@@ -49,15 +91,31 @@ def linearity(capture: Capture, params: LinearityParams) -> list[MetricValue]:
         linearity_residual_removed: the same with Y replaced by Y - X (before centring)
 
     Row ``layer`` = k labels the pair (k, k+1); pair (0, 1) starts at the embeddings and the
-    last pair's Y is hidden_states[L], after the final norm. Memory: ~3 N d float64 values
-    per pair (X, Y and the singular vectors).
+    last pair's Y is hidden_states[L], after the final norm. Streaming state per pair: the R
+    factor of [1, X, Y], (1 + 2 d)^2 float64 values whatever the number of tokens; the score
+    is read off it exactly (see PairQR), equal to the one-shot SVD of linearity_score.
     """
-    first = 1 if params.drop_first_position else 0
-    hidden = [h[:, first:, :].reshape(-1, h.shape[-1]) for h in capture.require("hidden_states")]
-    rows = []
-    for k in range(len(hidden) - 1):
-        x, y = hidden[k], hidden[k + 1]
-        rows.append(MetricValue("linearity", linearity_score(x, y), layer=k))
-        removed = linearity_score(x, y.to(torch.float64) - x.to(torch.float64))
-        rows.append(MetricValue("linearity_residual_removed", removed, layer=k))
-    return rows
+
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        self.pairs: list[PairQR] = []
+
+    def update(self, batch: Batch) -> None:
+        first = 1 if self.params.drop_first_position else 0
+        hidden = [h[:, first:, :].reshape(-1, h.shape[-1]) for h in batch.require("hidden_states")]
+        if not self.pairs:
+            self.pairs = [PairQR() for _ in range(len(hidden) - 1)]
+        for k, pair in enumerate(self.pairs):
+            pair.add(hidden[k], hidden[k + 1])
+
+    def finalize(self) -> list[MetricValue]:
+        rows = []
+        for k, pair in enumerate(self.pairs):
+            score, removed = pair.scores()
+            rows.append(MetricValue("linearity", score, layer=k))
+            if removed is not None:
+                rows.append(MetricValue("linearity_residual_removed", removed, layer=k))
+        return rows
+
+
+linearity = Linearity.on_capture

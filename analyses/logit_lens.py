@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ckptlab.analyses.capture import Capture
-from ckptlab.analyses.readout import readout_cross_entropy
-from ckptlab.analyses.registry import MetricValue, Need, NoParams, analysis
+from ckptlab.analyses.capture import Batch
+from ckptlab.analyses.readout import MeanNLL
+from ckptlab.analyses.registry import MetricValue, Need, NoParams, Reducer, analysis
 
 
 @analysis(name="logit_lens", version=1, needs={Need.HIDDEN_STATES, Need.READOUT})
-def logit_lens(capture: Capture, params: NoParams) -> list[MetricValue]:
+class LogitLens(Reducer[NoParams]):
     """Logit-lens cross-entropy per layer (nostalgebraist 2020, "interpreting GPT: the logit
     lens"; Belrose et al. 2023 for its failure modes).
 
@@ -16,18 +16,27 @@ def logit_lens(capture: Capture, params: NoParams) -> list[MetricValue]:
 
     for k = 0..L-1 through the model's own final norm and LM head; at k = L hidden_states[L]
     is already normed, so CE_L is the model's cross-entropy (equal to ``saturation``).
-    Log-softmax in float32, chunked over tokens.
+    Log-softmax in float32, chunked over tokens; state: a float64 sum and count per layer.
     """
-    hidden_states = capture.require("hidden_states")
-    input_ids = capture.require("input_ids")
-    last = len(hidden_states) - 1
-    return [
-        MetricValue(
-            "logit_lens_cross_entropy",
-            readout_cross_entropy(
-                h, input_ids, lambda s, k=k: capture.readout_logits(s, normed=k == last)
-            ),
-            layer=k,
-        )
-        for k, h in enumerate(hidden_states)
-    ]
+
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        self.layers: list[MeanNLL] = []
+
+    def update(self, batch: Batch) -> None:
+        hidden_states = batch.require("hidden_states")
+        if not self.layers:
+            self.layers = [MeanNLL() for _ in hidden_states]
+        last = len(hidden_states) - 1
+        read = self.context.readout_logits
+        for k, (nll, h) in enumerate(zip(self.layers, hidden_states, strict=True)):
+            nll.add(h, batch.input_ids, lambda s, k=k: read(s, normed=k == last))
+
+    def finalize(self) -> list[MetricValue]:
+        return [
+            MetricValue("logit_lens_cross_entropy", nll.mean, layer=k)
+            for k, nll in enumerate(self.layers)
+        ]
+
+
+logit_lens = LogitLens.on_capture

@@ -8,10 +8,29 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ckptlab.analyses.capture import Capture
-from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.analyses.capture import Batch
+from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
-NEURON_CHUNK = 512  # neurons whose top-k embeddings are held at once: [k, chunk, d_model]
+NEURON_CHUNK = 512  # neurons processed at once: float64 temporaries stay O(rows * chunk)
+
+
+def add_mass(mass: torch.Tensor, types: torch.Tensor, activations: torch.Tensor) -> None:
+    """mass[v, k] += sum_{t: type(t) = v} relu(a_{t,k}); mass [types, m] float64, types [n]
+    (indices into mass' rows), activations [n, m]."""
+    for start in range(0, activations.shape[1], NEURON_CHUNK):
+        chunk = activations[:, start : start + NEURON_CHUNK].to(torch.float64).clamp_min(0)
+        mass[:, start : start + NEURON_CHUNK].index_add_(0, types, chunk)
+
+
+def entropy_of_mass(mass: torch.Tensor) -> torch.Tensor:
+    """Per neuron (column) the entropy in nats of mass / its sum; NaN where the sum is 0."""
+    out = []
+    for start in range(0, mass.shape[1], NEURON_CHUNK):
+        chunk = mass[:, start : start + NEURON_CHUNK]
+        total = chunk.sum(0)
+        p = chunk / total
+        out.append(torch.where(total > 0, -torch.xlogy(p, p).sum(0), torch.nan))
+    return torch.cat(out)
 
 
 def token_entropy(activations: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -19,18 +38,67 @@ def token_entropy(activations: torch.Tensor, token_ids: torch.Tensor) -> torch.T
 
     activations [N, m], token_ids [N] -> [m]; NaN for a neuron with no positive activation.
     p_v = sum_{t: x_t = v} relu(a_t) / sum_t relu(a_t),  H = -sum_v p_v ln p_v.
-    Neurons are processed NEURON_CHUNK at a time: memory O((N + types) * chunk), float64.
     """
     types, inverse = torch.unique(token_ids.to(activations.device), return_inverse=True)
+    mass = torch.zeros(len(types), activations.shape[1], dtype=torch.float64,
+                       device=activations.device)  # fmt: skip
+    add_mass(mass, inverse, activations)
+    return entropy_of_mass(mass)
+
+
+class TopK:
+    """Each neuron's k largest activations and the tokens at their positions, merged batch by
+    batch. Ties go to the earlier position, as in a stable sort of the whole input set, so
+    the result does not depend on how the pass was batched."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.values: torch.Tensor | None = None  # [<= k, m], descending
+        self.tokens: torch.Tensor | None = None  # [<= k, m]
+
+    def add(self, activations: torch.Tensor, token_ids: torch.Tensor) -> None:  # [n, m], [n]
+        tokens = token_ids.to(activations.device)[:, None].expand_as(activations)
+        values = activations
+        if self.values is not None:  # earlier positions first: the stable sort keeps them first
+            values = torch.cat([self.values, values])
+            tokens = torch.cat([self.tokens, tokens])
+        order = torch.sort(values, dim=0, descending=True, stable=True).indices[: self.k]
+        self.values = values.gather(0, order)
+        self.tokens = tokens.gather(0, order)
+
+
+def semantic_entropy_of_top(
+    top_values: torch.Tensor,  # [k, m] descending
+    top_tokens: torch.Tensor,  # [k, m]
+    embeddings: torch.Tensor,  # [vocab, d_model]
+    bins: int,
+) -> torch.Tensor:
+    """Per neuron: entropy (bits) of the histogram of cosine similarities between the input
+    embeddings of its top positions with positive activation, over pairs of positions holding
+    different tokens, in ``bins`` equal bins on [-1, 1]. NaN when a neuron has no such pair."""
+    k = top_values.shape[0]
+    device = top_values.device
+    edges = torch.linspace(-1, 1, bins + 1, dtype=torch.float64, device=device)
+    upper = torch.ones(k, k, dtype=torch.bool, device=device).triu(1)
     out = []
-    for start in range(0, activations.shape[1], NEURON_CHUNK):
-        positive = activations[:, start : start + NEURON_CHUNK].to(torch.float64).clamp_min(0)
-        mass = positive.new_zeros(len(types), positive.shape[1])
-        mass.index_add_(0, inverse, positive)  # [types, chunk]
-        total = mass.sum(0)
-        p = mass / total
-        h = -torch.xlogy(p, p).sum(0)
-        out.append(torch.where(total > 0, h, torch.nan))
+    for start in range(0, top_values.shape[1], NEURON_CHUNK):
+        active = (top_values[:, start : start + NEURON_CHUNK] > 0).T  # [c, k]
+        tokens = top_tokens[:, start : start + NEURON_CHUNK].T  # [c, k]
+        unit = F.normalize(embeddings[tokens].to(torch.float64), dim=-1)  # [c, k, d]
+        cos = (unit @ unit.transpose(1, 2)).clamp(-1, 1)  # [c, k, k]
+        pairs = (
+            upper
+            & (tokens[:, :, None] != tokens[:, None, :])
+            & active[:, :, None]
+            & active[:, None, :]
+        )
+        which = torch.bucketize(cos, edges[1:-1])  # bin index 0..bins-1
+        counts = torch.zeros(len(cos), bins, dtype=torch.float64, device=device)
+        counts.scatter_add_(1, which.flatten(1), pairs.flatten(1).to(torch.float64))
+        n = counts.sum(1, keepdim=True)
+        q = counts / n
+        h = -torch.xlogy(q, q).sum(1) / math.log(2)
+        out.append(torch.where(n.squeeze(1) > 0, h, torch.nan))
     return torch.cat(out)
 
 
@@ -41,35 +109,11 @@ def semantic_entropy(
     top_k: int,
     bins: int,
 ) -> torch.Tensor:
-    """Per neuron: entropy (bits) of the histogram of cosine similarities between the input
-    embeddings of its top-k activating positions (positive activations only), over pairs of
-    positions holding different tokens, in ``bins`` equal bins on [-1, 1]. NaN when a neuron
-    has no such pair."""
-    k = min(top_k, activations.shape[0])
-    top = activations.topk(k, dim=0)  # values, indices: [k, m]
-    edges = torch.linspace(-1, 1, bins + 1, dtype=torch.float64, device=activations.device)
-    upper = torch.ones(k, k, dtype=torch.bool, device=activations.device).triu(1)
-    out = []
-    for start in range(0, activations.shape[1], NEURON_CHUNK):
-        idx = top.indices[:, start : start + NEURON_CHUNK]  # [k, c]
-        active = (top.values[:, start : start + NEURON_CHUNK] > 0).T  # [c, k]
-        tokens = token_ids.to(idx.device)[idx].T  # [c, k]
-        unit = F.normalize(embeddings[tokens].to(torch.float64), dim=-1)  # [c, k, d]
-        cos = (unit @ unit.transpose(1, 2)).clamp(-1, 1)  # [c, k, k]
-        pairs = (
-            upper
-            & (tokens[:, :, None] != tokens[:, None, :])
-            & active[:, :, None]
-            & active[:, None, :]
-        )
-        which = torch.bucketize(cos, edges[1:-1])  # bin index 0..bins-1
-        counts = torch.zeros(len(cos), bins, dtype=torch.float64, device=cos.device)
-        counts.scatter_add_(1, which.flatten(1), pairs.flatten(1).to(torch.float64))
-        n = counts.sum(1, keepdim=True)
-        q = counts / n
-        h = -torch.xlogy(q, q).sum(1) / math.log(2)
-        out.append(torch.where(n.squeeze(1) > 0, h, torch.nan))
-    return torch.cat(out)
+    """Per neuron: semantic entropy of its ``top_k`` most activating positions (see
+    semantic_entropy_of_top), over a whole activation matrix at once."""
+    top = TopK(min(top_k, activations.shape[0]))
+    top.add(activations, token_ids)
+    return semantic_entropy_of_top(top.values, top.tokens, embeddings, bins)
 
 
 class NeuronEntropyParams(BaseModel):
@@ -99,7 +143,7 @@ def _summary(name: str, values: torch.Tensor, layer: int) -> list[MetricValue]:
     needs={Need.MLP_ACTIVATIONS, Need.EMBEDDINGS},
     params=NeuronEntropyParams,
 )
-def neuron_entropy(capture: Capture, params: NeuronEntropyParams) -> list[MetricValue]:
+class NeuronEntropy(Reducer[NeuronEntropyParams]):
     """Token entropy and semantic entropy of every MLP neuron (after the TopK-LM papers, 2025;
     applies to the MLP neurons of any model).
 
@@ -116,22 +160,52 @@ def neuron_entropy(capture: Capture, params: NeuronEntropyParams) -> list[Metric
     on request (``per_neuron``). In an MLP whose activation is TopK, the captured vector is the
     sparse latent code, so its latents are measured the same way when the model uses one of the
     recognised MLP layouts (not yet tested: no TopK checkpoint is available offline).
+
+    State per block: the activation mass of every neuron on every token type of the input set
+    ([types, d_mlp] float64; the types are read from the token ids before the pass) and each
+    neuron's top-k values and tokens ([top_k, d_mlp]).
     """
-    ids = capture.require("input_ids").reshape(-1)
-    embeddings = capture.require("input_embedding_weight")
-    rows = []
-    for block, acts in enumerate(capture.require("mlp_activations"), start=1):
-        a = acts.reshape(-1, acts.shape[-1])  # [N, d_mlp]
-        tok = token_entropy(a, ids)
-        sem = semantic_entropy(a, ids, embeddings, params.top_k, params.bins)
-        rows += _summary("token_entropy", tok, block) + _summary("semantic_entropy", sem, block)
-        rows.append(MetricValue("dead_neurons", float(tok.isnan().sum()), block))
-        rows.append(MetricValue("neurons", float(a.shape[1]), block))
-        if params.per_neuron:
-            rows += [
-                MetricValue(metric, float(v), block, item=n)
-                for metric, values in (("token_entropy", tok), ("semantic_entropy", sem))
-                for n, v in enumerate(values.tolist())
-                if not math.isnan(v)
+
+    def __init__(self, params, context):
+        super().__init__(params, context)
+        ids = context.require("input_ids").reshape(-1)
+        self.types, self.type_of = torch.unique(ids, return_inverse=True)  # [types], [N]
+        self.mass: list[torch.Tensor] = []  # per block
+        self.top: list[TopK] = []
+
+    def update(self, batch: Batch) -> None:
+        blocks = batch.require("mlp_activations")
+        positions = batch.positions
+        if not self.mass:
+            self.mass = [
+                torch.zeros(len(self.types), a.shape[-1], dtype=torch.float64, device=a.device)
+                for a in blocks
             ]
-    return rows
+            self.top = [TopK(min(self.params.top_k, self.type_of.numel())) for _ in blocks]
+        types = self.type_of[positions]
+        tokens = batch.input_ids.reshape(-1)
+        for mass, top, acts in zip(self.mass, self.top, blocks, strict=True):
+            a = acts.reshape(-1, acts.shape[-1])  # [b * pos, d_mlp]
+            add_mass(mass, types.to(a.device), a)
+            top.add(a, tokens)
+
+    def finalize(self) -> list[MetricValue]:
+        embeddings = self.context.require("input_embedding_weight")
+        rows = []
+        for block, (mass, top) in enumerate(zip(self.mass, self.top, strict=True), start=1):
+            tok = entropy_of_mass(mass)
+            sem = semantic_entropy_of_top(top.values, top.tokens, embeddings, self.params.bins)
+            rows += _summary("token_entropy", tok, block) + _summary("semantic_entropy", sem, block)
+            rows.append(MetricValue("dead_neurons", float(tok.isnan().sum()), block))
+            rows.append(MetricValue("neurons", float(mass.shape[1]), block))
+            if self.params.per_neuron:
+                rows += [
+                    MetricValue(metric, float(v), block, item=n)
+                    for metric, values in (("token_entropy", tok), ("semantic_entropy", sem))
+                    for n, v in enumerate(values.tolist())
+                    if not math.isnan(v)
+                ]
+        return rows
+
+
+neuron_entropy = NeuronEntropy.on_capture

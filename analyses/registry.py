@@ -1,56 +1,35 @@
-"""The analysis registry (lm-eval-harness style): every analysis is a function registered with
-a unique name, a version, what it needs from the shared forward pass, and a pydantic model of
-its parameters. Bumping ``version`` invalidates every stored cell of that analysis."""
+"""The analysis registry (lm-eval-harness style): every analysis is registered with a unique
+name, a version, what it needs from the shared forward pass, and a pydantic model of its
+parameters. Bumping ``version`` invalidates every stored cell of that analysis.
+
+An analysis is a ``Reducer`` subclass (init -> update(batch) -> finalize), or, when it needs
+nothing per batch (the LM head's weights, its own prompts), a plain function
+``fn(context, params) -> rows``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.capture import Capture, CheckpointContext
+from ckptlab.analyses.reducer import FORWARD_NEEDS, MetricValue, Need, NoParams, Reducer
 
+__all__ = [
+    "FORWARD_NEEDS",
+    "AnalysisDef",
+    "MetricValue",
+    "Need",
+    "NoParams",
+    "Reducer",
+    "analysis",
+    "get_analysis",
+    "registered_analyses",
+]
 
-class Need(StrEnum):
-    """What an analysis reads; the runner captures the union of the requested analyses' needs."""
-
-    HIDDEN_STATES = "hidden_states"  # every hidden_states[k], k = 0..L
-    PRE_FINAL_NORM = "pre_final_norm"  # last block's output before the final norm
-    TOKEN_NLL = "token_nll"  # per-token -ln p(x_t | x_<t), float32
-    LM_HEAD = "lm_head"  # the LM head (unembedding) weight
-    READOUT = "readout"  # the final norm module + LM head weight: hidden state -> logits
-    EMBEDDINGS = "embeddings"  # the input embedding weight [vocab, d_model]
-    MLP_ACTIVATIONS = "mlp_activations"  # each block's MLP neurons: the out-projection's input
-    REFERENCE = "reference"  # another checkpoint's sketch (cross-checkpoint analyses)
-    MODEL = "model"  # the model and tokenizer, for analyses that run their own prompts (ICL)
-
-
-# Needs that require running the model on an input set; an analysis with none of them is
-# computed once per checkpoint, independent of input sets.
-FORWARD_NEEDS = frozenset(
-    {Need.HIDDEN_STATES, Need.PRE_FINAL_NORM, Need.TOKEN_NLL, Need.MLP_ACTIVATIONS}
-)
-
-
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    metric: str
-    value: float
-    layer: int | None = None  # hidden_states index; None when the metric is not per layer
-    item: int | None = None  # index within the layer (a neuron) for per-item rows
-    task: str | None = None  # ICL: the task (variant) the value is about
-    shots: int | None = None  # ICL: number of demonstrations in the prompt
-    task_seed: int | None = None  # ICL: the seed of labels, permutation and sampled prompts
-
-
-AnalysisFn = Callable[[Capture, BaseModel], list[MetricValue]]
 # Content an analysis reads beyond its params (e.g. task data files), as a JSON-able summary
 # (fingerprints) that the plan adds to the cell key: changed data, new cells.
 ContextFn = Callable[[BaseModel], dict]
@@ -62,7 +41,7 @@ class AnalysisDef:
     version: int
     needs: frozenset[Need]
     params_model: type[BaseModel]
-    fn: AnalysisFn
+    reducer: type[Reducer]
     doc: str
     context: ContextFn | None = None
 
@@ -74,8 +53,30 @@ class AnalysisDef:
     def cross_checkpoint(self) -> bool:
         return Need.REFERENCE in self.needs
 
+    def start(self, params: BaseModel, context: CheckpointContext) -> Reducer:
+        return self.reducer(params, context)
+
     def run(self, capture: Capture, params: BaseModel) -> list[MetricValue]:
-        return self.fn(capture, params)
+        """The analysis over a whole captured input set at once (tests, benchmarks)."""
+        return self.reducer.on_capture(capture, params)
+
+
+def _function_reducer(fn: Callable, needs: frozenset[Need]) -> type[Reducer]:
+    class FunctionReducer(Reducer):
+        def finalize(self) -> list[MetricValue]:
+            return fn(self.context, self.params)
+
+    FunctionReducer.__name__ = FunctionReducer.__qualname__ = f"{fn.__name__}_reducer"
+    FunctionReducer.__doc__ = fn.__doc__
+    return FunctionReducer
+
+
+def _no_grad(reducer: type[Reducer]) -> None:
+    """Analyses never need gradients; without this, reading hidden states through the
+    model's final norm (logit lens) would build an autograd graph."""
+    for method in ("__init__", "update", "finalize"):
+        if method in vars(reducer):
+            setattr(reducer, method, torch.inference_mode()(vars(reducer)[method]))
 
 
 _REGISTRY: dict[str, AnalysisDef] = {}
@@ -88,23 +89,34 @@ def analysis(
     needs: set[Need],
     params: type[BaseModel] = NoParams,
     context: ContextFn | None = None,
-) -> Callable[[AnalysisFn], AnalysisFn]:
-    """Register ``fn`` as analysis ``name``. Duplicate names and missing docstrings are errors."""
+):
+    """Register a Reducer subclass (returned as is) or a function ``fn(context, params)``
+    (returned as a callable on a whole Capture). Duplicate names, missing docstrings and
+    params models that accept unknown fields are errors."""
 
-    def register(fn: AnalysisFn) -> AnalysisFn:
+    def register(target):
         if name in _REGISTRY:
             raise ValueError(f"duplicate analysis name {name!r}")
-        if not (fn.__doc__ and fn.__doc__.strip()):
+        if not (target.__doc__ and target.__doc__.strip()):
             raise ValueError(f"analysis {name!r} needs a docstring with its formula and paper")
         if params.model_config.get("extra") != "forbid":
             raise ValueError(f"analysis {name!r}: its params model must forbid extra fields")
-        # Analyses never need gradients; without this, reading hidden states through the
-        # model's final norm (logit lens) would build an autograd graph.
-        no_grad_fn = torch.inference_mode()(fn)
+        frozen = frozenset(needs)
+        is_reducer = isinstance(target, type) and issubclass(target, Reducer)
+        if not is_reducer and frozen & FORWARD_NEEDS:
+            raise ValueError(
+                f"analysis {name!r} reads {sorted(frozen & FORWARD_NEEDS)} per batch: "
+                "write it as a Reducer with update(batch)"
+            )
+        reducer = target if is_reducer else _function_reducer(target, frozen)
+        reducer.needs = frozen
+        _no_grad(reducer)
         _REGISTRY[name] = AnalysisDef(
-            name, version, frozenset(needs), params, no_grad_fn, fn.__doc__, context
+            name, version, frozen, params, reducer, target.__doc__, context
         )
-        return no_grad_fn
+        if is_reducer:
+            return target
+        return torch.inference_mode()(lambda capture, p: reducer.on_capture(capture, p))
 
     return register
 

@@ -7,7 +7,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.capture import CheckpointContext
 from ckptlab.analyses.registry import MetricValue, Need, analysis
 
 
@@ -42,7 +42,9 @@ class SingularEntropyParams(BaseModel):
     needs={Need.LM_HEAD},
     params=SingularEntropyParams,
 )
-def singular_entropy(capture: Capture, params: SingularEntropyParams) -> list[MetricValue]:
+def singular_entropy(
+    context: CheckpointContext, params: SingularEntropyParams
+) -> list[MetricValue]:
     """Singular entropy of the LM head W [V, d] (Godey et al. 2024, "Why do small language
     models underperform?").
 
@@ -55,9 +57,9 @@ def singular_entropy(capture: Capture, params: SingularEntropyParams) -> list[Me
     (the energy spectrum); ``effective_rank`` = exp(H(p)) (Roy & Vetterli 2007);
     ``lm_head_rows`` records how many rows were used (after trimming padding).
     """
-    weight = capture.require("lm_head_weight")  # [V_padded, d]
-    if params.trim_padded_rows and capture.tokenizer_vocab_size is not None:
-        weight = weight[: capture.tokenizer_vocab_size]
+    weight = context.require("lm_head_weight")  # [V_padded, d]
+    if params.trim_padded_rows and context.tokenizer_vocab_size is not None:
+        weight = weight[: context.tokenizer_vocab_size]
     sigma = singular_values(weight)
     r = sigma.numel()
     h = entropy(sigma / sigma.sum())

@@ -12,11 +12,28 @@ import ckptlab
 SHIPPED_VERSION_FILE = "_shipped_code_version.txt"
 
 
+def shipped(version: str) -> str:
+    """The version a shipped copy reports: ``0.1.0+gabc123.shipped``."""
+    return f"{version}{'.' if '+' in version else '+'}shipped"
+
+
+def _source_folders() -> list[str]:
+    """The folders the running package's modules come from (three in an editable install)."""
+    import importlib
+
+    return sorted(
+        {
+            str(Path(importlib.import_module(name).__file__).resolve().parent)
+            for name in ("ckptlab", "ckptlab.analyses", "ckptlab.orchestrator")
+        }
+    )
+
+
 def code_version() -> str:
     here = Path(ckptlab.__file__).resolve().parent
-    shipped = here / SHIPPED_VERSION_FILE
-    if shipped.is_file():
-        return shipped.read_text().strip()
+    shipped_file = here / SHIPPED_VERSION_FILE
+    if shipped_file.is_file():
+        return shipped_file.read_text().strip()
     try:
         sha = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
@@ -25,8 +42,9 @@ def code_version() -> str:
             timeout=5,
             check=True,
         ).stdout.strip()
+        # Untracked files count: a shipped copy carries every file of these folders.
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(here), "status", "--porcelain", "--", *_source_folders()],
             capture_output=True,
             text=True,
             timeout=5,

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -83,10 +84,13 @@ def private_ray_environment() -> None:
     ):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     if "ray" in sys.modules:
-        # Imported before we could set the switch (e.g. by a user's own code): apply it.
+        # Imported before we could set the switch (e.g. by a user's own code): apply it,
+        # and have Ray read the auth mode again, as Ray itself does when it turns auth on.
         from ray._private import ray_constants
+        from ray._raylet import Config
 
         ray_constants.ENABLE_RAY_CLUSTER = False
+        Config.initialize("")
 
 
 def _job_env_vars() -> set[str]:
@@ -101,6 +105,18 @@ def _job_env_vars() -> set[str]:
     return set((json.loads(config).get("runtime_env") or {}).get("env_vars", {}))
 
 
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that nothing answers on fails in seconds with one
+    line, instead of Ray's minutes of retries."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(f"cannot reach Ray at {address}: {err.strerror or err}") from None
+
+
 def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
     """``ray.init`` for ``choice``; True when this call started Ray (and must shut it down).
     Workers get ``env_vars`` (never a token: a runtime env is visible in Ray's state API)."""
@@ -111,6 +127,8 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
     import ray
     from ray.exceptions import AuthenticationError
 
+    if choice.address:
+        _reachable(choice.address)
     env = {k: v for k, v in env_vars.items() if k not in _job_env_vars()}
     try:
         ray.init(
@@ -148,6 +166,8 @@ def describe(choice: ClusterChoice) -> str:
         where = f"private local Ray on {nodes[0]['NodeManagerAddress']} ({auth})"
     elif choice.source == "existing":
         where = "the Ray this process already had"
+    elif choice.address == "auto":
+        where = f"Ray cluster {ray.get_runtime_context().gcs_address} (from {choice.source} auto)"
     else:
         where = f"Ray cluster {choice.address} (from {choice.source})"
     return f"{where}: {len(nodes)} node{'s' * (len(nodes) != 1)}, {have or 'no CPUs'}"

@@ -4,23 +4,17 @@ persist, mark done). Both yield (task, UnitResult or the exception that lost the
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.cluster import choose_cluster, connect, describe
-from ckptlab.orchestrator.worker import (
-    SketchTask,
-    UnitResult,
-    UnitTask,
-    pick_device,
-    run_sketch,
-    run_unit,
-)
+from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 from ckptlab.spec import Resources
 
 Outcome = tuple[UnitTask, UnitResult | Exception]
-SketchOutcome = tuple[SketchTask, ReferenceSketch | Exception]
 OnStart = Callable[[UnitTask], None]
 References = dict[str, ReferenceSketch]
 
@@ -38,7 +32,10 @@ class InlineExecutor:
     def __exit__(self, *exc) -> None:
         return None
 
-    def prepare(self, n_tasks: int) -> str:
+    def prepare(self, n_tasks: int, say: Callable[[str], None] = print) -> None:
+        return None
+
+    def pool_summary(self) -> str:
         return "1 worker (this process)"
 
     def run(
@@ -54,13 +51,6 @@ class InlineExecutor:
             except Exception as err:  # run_unit records its own errors; this is a bug's path
                 yield task, err
 
-    def run_sketches(self, tasks: list[SketchTask]) -> Iterator[SketchOutcome]:
-        for task in tasks:
-            try:
-                yield task, run_sketch(task, self.device)
-            except Exception as err:
-                yield task, err
-
 
 class ResourceError(RuntimeError):
     """The cluster cannot give what the spec's resources ask for."""
@@ -73,12 +63,16 @@ class RayExecutor:
     exception inside a unit is recorded by the unit itself and never retried.
     """
 
-    def __init__(self, resources: Resources, address: str | None = None):
+    def __init__(
+        self, resources: Resources, address: str | None = None, wait_for_workers: float = 0
+    ):
         self.resources = resources
+        self.wait_for_workers = wait_for_workers
         # Decided now, so that a bad --address or RAY_ADDRESS fails before anything runs.
         self.cluster = choose_cluster(address)
         self._started_ray = False
         self.description = ""
+        self.actors: list = []
 
     def __enter__(self) -> RayExecutor:
         # Tokens are not forwarded: a runtime env is visible in Ray's state API. Local
@@ -90,41 +84,43 @@ class RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._started_ray:
-            import ray
+        import ray
 
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
             ray.shutdown()
 
-    def prepare(self, n_tasks: int) -> str:
-        """Size the worker pool; says what it is (or raises ResourceError)."""
-        self.n_workers = self.worker_count(n_tasks)
-        r = self.resources
-        each = f"{r.cpus_per_worker:g} CPU" + (
-            f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
-        )
-        return f"{self.n_workers} worker{'s' * (self.n_workers != 1)} ({each} each)"
-
-    def worker_count(self, n_tasks: int) -> int:
-        """Workers that fit the cluster, counted node by node: an actor needs its CPUs and
-        GPUs on one node, and one that fits nowhere would wait forever."""
+    def prepare(self, n_tasks: int, say: Callable[[str], None] = print) -> None:
+        """Size the worker pool, waiting (boundedly) for an autoscaling cluster to add the
+        nodes one worker needs; ResourceError when none can hold one."""
         import ray
 
         r = self.resources
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        gpus = sum(n.get("GPU", 0) for n in nodes)
-        if r.gpus_per_worker > 0 and gpus < r.gpus_per_worker:
-            raise ResourceError(
-                f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has {gpus:g} GPUs"
+        deadline = time.monotonic() + self.wait_for_workers
+        if self.wait_for_workers and not self._slots():
+            from ray.autoscaler.sdk import request_resources
+
+            bundle = {"CPU": r.cpus_per_worker} | (
+                {"GPU": r.gpus_per_worker} if r.gpus_per_worker else {}
             )
-
-        def fits(node: dict) -> int:
-            slots = int(node.get("CPU", 0) // r.cpus_per_worker)
-            if r.gpus_per_worker > 0:
-                slots = min(slots, int(node.get("GPU", 0) // r.gpus_per_worker))
-            return slots
-
-        slots = sum(fits(node) for node in nodes)
+            request_resources(bundles=[bundle] * (r.workers or 1))
+            say(
+                f"waiting up to {self.wait_for_workers:g}s for the cluster to add a node with "
+                f"{bundle}"
+            )
+        while not self._slots() and time.monotonic() < deadline:
+            time.sleep(5)
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        slots = self._slots()
         if slots == 0:
+            gpus = sum(n.get("GPU", 0) for n in nodes)
+            if r.gpus_per_worker > 0 and gpus < r.gpus_per_worker:
+                raise ResourceError(
+                    f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has "
+                    f"{gpus:g} GPUs (--wait-for-workers lets an autoscaling cluster add them)"
+                )
             largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
             raise ResourceError(
                 f"no node can hold one worker ({r.cpus_per_worker:g} CPU, "
@@ -132,51 +128,45 @@ class RayExecutor:
                 f"{largest.get('GPU', 0):g} GPU"
             )
         wanted = r.workers or slots
-        return max(1, min(wanted, slots, n_tasks))
+        self.n_workers = max(1, min(wanted, slots, n_tasks))
 
-    def _map(self, items: list, submit_one, on_start=lambda item: None) -> Iterator[tuple]:
-        """Run items on a pool of worker actors, one item per actor at a time; yields
-        (item, result or the exception that lost it) as they finish."""
+    def _slots(self) -> int:
+        """Workers that fit the cluster, counted node by node: an actor needs its CPUs and
+        GPUs on one node, and one that fits nowhere would wait forever."""
         import ray
 
+        r = self.resources
+
+        def fits(node: dict) -> int:
+            slots = int(node.get("CPU", 0) // r.cpus_per_worker)
+            if r.gpus_per_worker > 0:
+                slots = min(slots, int(node.get("GPU", 0) // r.gpus_per_worker))
+            return slots
+
+        return sum(fits(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
+
+    def pool_summary(self) -> str:
+        r = self.resources
+        each = f"{r.cpus_per_worker:g} CPU" + (
+            f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+        )
+        return f"{self.n_workers} worker{'s' * (self.n_workers != 1)} ({each} each)"
+
+    def _actors(self, wanted: int) -> list:
+        """The worker pool, started once per executor and reused by every wave of units."""
         from ckptlab.orchestrator.ray_worker import CheckpointWorker
 
-        if not items:
-            return
         r = self.resources
-        actors = [
-            CheckpointWorker.options(
-                num_cpus=r.cpus_per_worker,
-                num_gpus=r.gpus_per_worker,
-                max_restarts=r.max_retries,
-                max_task_retries=r.max_retries,
-            ).remote(threads=max(1, int(r.cpus_per_worker)), want_gpu=r.gpus_per_worker > 0)
-            for _ in range(min(self.n_workers, len(items)))
-        ]
-        queue = deque(items)
-        in_flight = {}
-
-        def submit(actor) -> None:
-            item = queue.popleft()
-            on_start(item)
-            in_flight[submit_one(actor, item)] = (actor, item)
-
-        try:
-            for actor in actors:
-                if queue:
-                    submit(actor)
-            while in_flight:
-                [ready], _ = ray.wait(list(in_flight), num_returns=1)
-                actor, item = in_flight.pop(ready)
-                try:
-                    yield item, ray.get(ready)
-                except Exception as err:  # the worker died beyond its retries
-                    yield item, err
-                if queue:
-                    submit(actor)
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        while len(self.actors) < min(self.n_workers, wanted):
+            self.actors.append(
+                CheckpointWorker.options(
+                    num_cpus=r.cpus_per_worker,
+                    num_gpus=r.gpus_per_worker,
+                    max_restarts=r.max_retries,
+                    max_task_retries=r.max_retries,
+                ).remote(threads=max(1, int(r.cpus_per_worker)), want_gpu=r.gpus_per_worker > 0)
+            )
+        return self.actors
 
     def run(
         self,
@@ -184,17 +174,38 @@ class RayExecutor:
         on_start: OnStart = lambda t: None,
         references: References | None = None,
     ) -> Iterator[Outcome]:
+        """Units on the pool, one per actor at a time; yields (task, result or the exception
+        that lost it) as they finish."""
         import ray
 
+        if not tasks:
+            return
         # Each sketch goes into the object store once; actors read it from there (zero-copy
         # on a node) instead of receiving a copy with every task.
         stored = {key: ray.put(sketch) for key, sketch in (references or {}).items()}
+        queue = deque(tasks)
+        in_flight = {}
 
-        def submit_one(actor, task: UnitTask):
+        def submit(actor) -> None:
+            task = queue.popleft()
+            on_start(task)
             wanted = {c.reference_key for c in task.cells if c.reference_key in stored}
-            return actor.run.remote(task, {key: stored[key] for key in wanted})
+            # The driver's hub path may not exist on a cluster's nodes: each finds its own.
+            remote = replace(task, hub_dir=None)
+            in_flight[actor.run.remote(remote, {key: stored[key] for key in wanted})] = (
+                actor,
+                task,
+            )
 
-        yield from self._map(tasks, submit_one, on_start)
-
-    def run_sketches(self, tasks: list[SketchTask]) -> Iterator[SketchOutcome]:
-        yield from self._map(tasks, lambda actor, task: actor.sketch.remote(task))
+        for actor in self._actors(len(tasks)):
+            if queue:
+                submit(actor)
+        while in_flight:
+            [ready], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, task = in_flight.pop(ready)
+            try:
+                yield task, ray.get(ready)
+            except Exception as err:  # the worker died beyond its retries
+                yield task, err
+            if queue:
+                submit(actor)

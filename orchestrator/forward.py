@@ -1,11 +1,14 @@
-"""ONE forward pass over one input set, capturing only what the requested analyses need."""
+"""ONE forward pass over one input set, streamed batch by batch, capturing only what the
+requested analyses need (their ``needs`` are the names of the hooks this pass sets)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from ckptlab.analyses.capture import Capture
+from ckptlab.analyses.capture import Batch, Capture, CheckpointContext
 from ckptlab.analyses.registry import FORWARD_NEEDS, Need
 
 # Where common causal-LM families keep the final norm, on their base model.
@@ -31,78 +34,110 @@ def final_norm_module(model) -> torch.nn.Module:
     raise RuntimeError(f"{type(model).__name__}: cannot find the final norm module")
 
 
-@torch.inference_mode()
-def capture_forward(
+def checkpoint_context(
     model,
-    token_ids: torch.Tensor | None,  # [seq, pos] int64, or None when nothing needs a forward pass
+    token_ids: torch.Tensor | None,  # [seq, pos] int64, the whole input set
+    needs: set[Need],
+    tokenizer_vocab_size: int | None,
+) -> CheckpointContext:
+    """What does not change during the pass: weights the analyses read, the token ids."""
+    context = CheckpointContext(input_ids=token_ids, tokenizer_vocab_size=tokenizer_vocab_size)
+    head = model.get_output_embeddings()
+    if needs & {Need.LM_HEAD, Need.READOUT}:
+        if head.bias is not None:
+            raise RuntimeError(f"{type(model).__name__}: LM heads with a bias are not supported")
+        context.lm_head_weight = head.weight.detach()  # [d_vocab_padded, d_model]
+    if Need.READOUT in needs:
+        context.final_norm = final_norm_module(model)
+    if Need.EMBEDDINGS in needs:
+        context.input_embedding_weight = model.get_input_embeddings().weight.detach()
+    return context
+
+
+@torch.inference_mode()
+def stream_forward(
+    model,
+    token_ids: torch.Tensor,  # [seq, pos] int64
     needs: set[Need],
     batch_size: int,
-    tokenizer_vocab_size: int | None,
-) -> Capture:
-    capture = Capture(tokenizer_vocab_size=tokenizer_vocab_size)
+) -> Iterator[Batch]:
+    """The pass, one batch at a time: each Batch holds only this batch's captures, and the
+    previous one is released before the next is computed."""
+    if not needs & FORWARD_NEEDS:
+        return
     head = model.get_output_embeddings()
-    if head.bias is not None and needs & {Need.LM_HEAD, Need.READOUT}:
-        raise RuntimeError(f"{type(model).__name__}: LM heads with a bias are not supported")
-    if needs & {Need.LM_HEAD, Need.READOUT}:
-        capture.lm_head_weight = head.weight.detach()  # [d_vocab_padded, d_model]
-    if Need.READOUT in needs:
-        capture.final_norm = final_norm_module(model)
-    if Need.EMBEDDINGS in needs:
-        capture.input_embedding_weight = model.get_input_embeddings().weight.detach()
-    if token_ids is None or not needs & FORWARD_NEEDS:
-        return capture
-    capture.input_ids = token_ids
-
     device = head.weight.device
     want_hidden = Need.HIDDEN_STATES in needs
-    hidden_batches: list[tuple[torch.Tensor, ...]] = []
-    pre_norm_batches: list[torch.Tensor] = []
-    nll_batches: list[torch.Tensor] = []
+    pre_norm: list[torch.Tensor] = []  # filled by the hooks during one batch, then cleared
+    mlp: dict[int, torch.Tensor] = {}
 
     hooks = []
     if Need.PRE_FINAL_NORM in needs:
         # The final norm's input is the last block's output before the norm.
         hooks.append(
             final_norm_module(model).register_forward_pre_hook(
-                lambda _module, args: pre_norm_batches.append(args[0].detach())
+                lambda _module, args: pre_norm.append(args[0].detach())
             )
         )
-    mlp_batches: list[list[torch.Tensor]] = []  # per block, per batch
     if Need.MLP_ACTIVATIONS in needs:
         for block, module in enumerate(mlp_out_projections(model)):
-            mlp_batches.append([])
             hooks.append(
                 module.register_forward_pre_hook(
-                    lambda _module, args, block=block: mlp_batches[block].append(args[0].detach())
+                    lambda _module, args, block=block: mlp.__setitem__(block, args[0].detach())
                 )
             )
     try:
         for start in range(0, token_ids.shape[0], batch_size):
-            batch = token_ids[start : start + batch_size].to(device)  # [b, pos]
-            out = model.base_model(input_ids=batch, output_hidden_states=want_hidden)
+            ids = token_ids[start : start + batch_size].to(device)  # [b, pos]
+            out = model.base_model(input_ids=ids, output_hidden_states=want_hidden)
+            batch = Batch(input_ids=ids, start=start)
             if want_hidden:
-                hidden_batches.append(tuple(h.detach() for h in out.hidden_states))
+                batch.hidden_states = tuple(h.detach() for h in out.hidden_states)
+            if pre_norm:
+                batch.pre_final_norm = pre_norm.pop()
+            if mlp:
+                batch.mlp_activations = tuple(mlp[b] for b in sorted(mlp))
+                mlp.clear()
             if Need.TOKEN_NLL in needs:
-                logits = head(out.last_hidden_state).float()  # [b, pos, vocab], log-softmax in fp32
+                logits = head(out.last_hidden_state).float()  # [b, pos, vocab], fp32 log-softmax
                 nll = F.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.shape[-1]),
-                    batch[:, 1:].reshape(-1),
+                    ids[:, 1:].reshape(-1),
                     reduction="none",
                 )
-                nll_batches.append(nll.view(batch.shape[0], -1))  # [b, pos - 1]
+                del logits
+                batch.token_nll = nll.view(ids.shape[0], -1)  # [b, pos - 1]
+            del out
+            yield batch
+            del batch
     finally:
         for hook in hooks:
             hook.remove()
 
-    if want_hidden:
-        n_layers = len(hidden_batches[0])
-        capture.hidden_states = tuple(
-            torch.cat([b[k] for b in hidden_batches]) for k in range(n_layers)
-        )
-    if pre_norm_batches:
-        capture.pre_final_norm = torch.cat(pre_norm_batches)
-    if mlp_batches:
-        capture.mlp_activations = tuple(torch.cat(batches) for batches in mlp_batches)
-    if nll_batches:
-        capture.token_nll = torch.cat(nll_batches)
+
+def capture_forward(
+    model,
+    token_ids: torch.Tensor | None,  # [seq, pos] int64, or None when nothing needs a pass
+    needs: set[Need],
+    batch_size: int,
+    tokenizer_vocab_size: int | None,
+) -> Capture:
+    """The whole pass concatenated into one Capture (tests and benchmarks: it holds every
+    batch at once, which the runner never does)."""
+    context = checkpoint_context(model, token_ids, needs, tokenizer_vocab_size)
+    capture = Capture(**vars(context))
+    if token_ids is None or not needs & FORWARD_NEEDS:
+        return capture
+    batches = list(stream_forward(model, token_ids, needs, batch_size))
+
+    def cat(field: str):
+        parts = [getattr(b, field) for b in batches]
+        if parts[0] is None:
+            return None
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(layer) for layer in zip(*parts, strict=True))
+        return torch.cat(parts)
+
+    for field in ("hidden_states", "pre_final_norm", "mlp_activations", "token_nll"):
+        setattr(capture, field, cat(field))
     return capture

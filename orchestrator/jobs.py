@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tenacity
 import yaml
@@ -36,14 +38,15 @@ from pydantic import BaseModel
 
 import ckptlab
 from ckptlab.analyses.registry import get_analysis
-from ckptlab.code_version import SHIPPED_VERSION_FILE, code_version
+from ckptlab.code_version import SHIPPED_VERSION_FILE, code_version, shipped
 from ckptlab.spec import LocalModels, Spec
 
 # Subpackages that an editable install maps from other folders (pyproject's package-dir).
 _MAPPED_SUBPACKAGES = ("analyses", "orchestrator")
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY|ACCESS_KEY", re.IGNORECASE)
-_OUTSIDE = "_outside"
-AGENT_WAIT_S = 60.0  # where files named by absolute or ../ paths go in the working dir
+_ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+_OUTSIDE = "_outside"  # where files named by absolute or ../ paths go in the working dir
+AGENT_WAIT_S = 60.0  # how long a just-started cluster may take to accept jobs
 
 
 class SubmitError(RuntimeError):
@@ -106,6 +109,7 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> St
             relative = Path(_OUTSIDE) / str(n) / source.name
             where = ".".join(str(k) for k in location)
             staged.notes.append(f"{where}: {path} is outside {base}; carried as {relative}")
+        if Path(path) != relative:  # absolute, or outside: the staged spec names the copy
             _set(data, location, str(relative))
         target = working_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,7 @@ def stage_code(dest: Path) -> Path:
         folder = Path(importlib.import_module(f"ckptlab.{name}").__file__).resolve().parent
         if not folder.is_relative_to(root):  # editable install: mapped from the repo's folder
             shutil.copytree(folder, package / name, ignore=skip)
-    (package / SHIPPED_VERSION_FILE).write_text(code_version())
+    (package / SHIPPED_VERSION_FILE).write_text(shipped(code_version()))
     return package
 
 
@@ -161,14 +165,37 @@ def check_env_vars(pairs: list[str]) -> dict[str, str]:
 class JobRequest:
     spec_path: Path
     spec: Spec
-    address: (
-        str | None
-    )  # the dashboard, http://HEAD:8265; None: RAY_API_SERVER_ADDRESS / RAY_ADDRESS
+    # The dashboard, http://HEAD:8265; None: RAY_API_SERVER_ADDRESS or RAY_ADDRESS.
+    address: str | None
     db: str | None = None  # where results land, as a path on the head node (or shared storage)
     tracking_uri: str | None = None
     code: str = "ship"  # "ship" this package, or use the cluster "image"'s
     env: dict[str, str] = field(default_factory=dict)
-    entrypoint_num_cpus: float = 0
+    wait_for_workers: float = 0  # seconds an autoscaling cluster may take to add workers
+
+
+def check_request(request: JobRequest, base: Path) -> None:
+    """What would fail on the cluster, refused here with one line before anything is sent:
+    a file the spec names that is missing, a results path relative to the job's temporary
+    working dir, credentials in the tracking URI."""
+    for location, path in spec_files(request.spec):
+        if not (base / path).is_file():
+            where = ".".join(str(k) for k in location)
+            raise SubmitError(f"{where}: no such file: {path}")
+    db = request.db or (str(request.spec.storage.db) if request.spec.storage.db else None)
+    if db and not Path(db).is_absolute():
+        raise SubmitError(
+            f"results file {db!r} is relative: on the cluster it would land in the job's "
+            "temporary working dir; give an absolute path (shared storage)"
+        )
+    uri = request.tracking_uri or request.spec.storage.tracking_uri
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raise SubmitError(f"tracking URI {uri!r} is relative: give sqlite:////absolute/path")
+    if uri and urlsplit(uri).password:
+        raise SubmitError(
+            "the tracking URI holds a password: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD on the cluster's nodes instead"
+        )
 
 
 @dataclass
@@ -179,23 +206,39 @@ class Submitted:
     notes: list[str]
 
 
+@contextmanager
+def _explicit_address(address: str | None):
+    """The Jobs SDK lets RAY_API_SERVER_ADDRESS and RAY_ADDRESS override the address it is
+    given: hide them while it reads them, so an explicit --address is the one used."""
+    hidden = {}
+    if address is not None:
+        hidden = {k: os.environ.pop(k) for k in _ADDRESS_VARIABLES if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 def client(address: str | None):
     """A Jobs SDK client; one-line SubmitError when the dashboard cannot be reached."""
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError, RayError
     from ray.job_submission import JobSubmissionClient
 
     # The SDK logs each package upload at INFO; what matters is printed by the CLI.
     logging.getLogger("ray").setLevel(logging.WARNING)
+    where = address or next((os.environ[k] for k in _ADDRESS_VARIABLES if k in os.environ), "")
     try:
-        return JobSubmissionClient(address)
-    except AuthenticationError:
+        with _explicit_address(address):
+            return JobSubmissionClient(address)
+    except AuthenticationError as err:
+        reason = "refused the token" if "invalid" in str(err).lower() else "needs a token"
         raise SubmitError(
-            f"the Ray dashboard at {address} needs a token: set RAY_AUTH_MODE=token and "
+            f"the Ray dashboard at {where} {reason}: set RAY_AUTH_MODE=token and "
             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
         ) from None
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except (ConnectionError, RuntimeError, ValueError, RayError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {first}") from None
+        raise SubmitError(f"cannot reach the Ray Jobs API at {where}: {first}") from None
 
 
 def entrypoint(request: JobRequest, spec_file: str) -> str:
@@ -204,8 +247,10 @@ def entrypoint(request: JobRequest, spec_file: str) -> str:
         args += ["--db", request.db]
     if request.tracking_uri:
         args += ["--tracking-uri", request.tracking_uri]
+    if request.wait_for_workers:
+        args += ["--wait-for-workers", f"{request.wait_for_workers:g}"]
     if request.code == "image":
-        args += ["--expect-version", ckptlab.__version__]
+        args += ["--expect-version", code_version()]
     return shlex.join(args)
 
 
@@ -228,11 +273,13 @@ def staged(request: JobRequest, base: Path):
 
 def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitted:
     """Stage and submit; ``base`` is where relative paths in the spec start (the cwd)."""
+    base = base or Path.cwd()
+    check_request(request, base)
     jobs = jobs or client(request.address)
     metadata = {
         "ckptlab_spec": request.spec.name,
         "ckptlab_spec_hash": request.spec.spec_hash(),
-        "ckptlab_code": code_version(),
+        "ckptlab_code": code_version(),  # what --code image compares its install with
     }
     job_id = f"ckptlab-{request.spec.name}-{uuid.uuid4().hex[:8]}"
     # A cluster that has just started answers "No available agent to submit job, please try
@@ -243,7 +290,7 @@ def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitte
         stop=tenacity.stop_after_delay(AGENT_WAIT_S),
         reraise=True,
     )
-    with staged(request, base or Path.cwd()) as (runtime_env, command, spec):
+    with staged(request, base) as (runtime_env, command, spec):
         try:
             retrying(
                 jobs.submit_job,
@@ -251,7 +298,6 @@ def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitte
                 runtime_env=runtime_env,
                 submission_id=job_id,
                 metadata=metadata,
-                entrypoint_num_cpus=request.entrypoint_num_cpus,
             )
         except (RuntimeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -261,7 +307,7 @@ def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitte
 
 # ----------------------------------------------------------------------- follow and manage
 
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 
 def follow(jobs, job_id: str, write: Callable[[str], None]) -> None:
@@ -277,8 +323,16 @@ def follow(jobs, job_id: str, write: Callable[[str], None]) -> None:
 def exit_code(info) -> int:
     """The job's outcome as this CLI's exit code: 0 succeeded; the driver's own code when it
     failed with one (2 = a bad spec on the cluster); 1 otherwise."""
-    status = str(getattr(info.status, "value", info.status))
-    if status == "SUCCEEDED":
+    if status_of(info) == "SUCCEEDED":
         return 0
     code = getattr(info, "driver_exit_code", None)
     return code if isinstance(code, int) and code > 0 else 1
+
+
+def status_of(info) -> str:
+    return str(getattr(info.status, "value", info.status))
+
+
+def first_line(message: str | None) -> str:
+    """Ray's message for a failed job ends with the job's last 20,000 characters of logs."""
+    return (message or "").strip().splitlines()[0] if (message or "").strip() else ""

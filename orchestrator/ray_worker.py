@@ -5,15 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from ckptlab.analyses.capture import ReferenceSketch
-from ckptlab.orchestrator.worker import (
-    SketchTask,
-    UnitResult,
-    UnitTask,
-    pick_device,
-    run_sketch,
-    run_unit,
-)
+from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 
 
 @ray.remote
@@ -26,6 +18,3 @@ class CheckpointWorker:
         # Object refs nested in a dict are not resolved by Ray: fetch them here.
         references = {key: ray.get(ref) for key, ref in reference_refs.items()}
         return run_unit(task, self.device, references)
-
-    def sketch(self, task: SketchTask) -> ReferenceSketch:
-        return run_sketch(task, self.device)

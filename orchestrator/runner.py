@@ -21,12 +21,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.code_version import code_version
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage
 from ckptlab.orchestrator.plan import Plan, Unit, build_plan
-from ckptlab.orchestrator.worker import SketchTask, UnitResult, UnitTask, failure_rows
+from ckptlab.orchestrator.sketches import (
+    cached_sketches,
+    save_sketch,
+    sketch_path,
+    sketch_requests,
+)
+from ckptlab.orchestrator.worker import SketchRequest, UnitResult, UnitTask, failure_rows
 from ckptlab.results import ResultStore
 from ckptlab.rows import CheckpointRow
 from ckptlab.spec import Spec
@@ -55,78 +60,17 @@ def make_plan(spec: Spec, db_path: Path, hub_dir: Path) -> Plan:
     return build_plan(spec, hub_dir, ResultStore(db_path).done_cell_keys)
 
 
-def _sketch_path(sketch_dir: Path, key: str) -> Path:
-    return sketch_dir / f"{key}.safetensors"
-
-
-def save_sketch(path: Path, sketch: ReferenceSketch) -> None:
-    from safetensors.numpy import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"positions": sketch.positions}
-    tensors |= {f"layer_{k}": layer for k, layer in enumerate(sketch.layers)}
-    metadata = {"reference_commit": sketch.reference_commit, "input_set_id": sketch.input_set_id}
-    partial = path.with_suffix(".partial")
-    save_file(tensors, partial, metadata=metadata)
-    partial.rename(path)  # a sketch file is either complete or absent
-
-
-def load_sketch(path: Path) -> ReferenceSketch:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        metadata = f.metadata()
-        layers = tuple(f.get_tensor(f"layer_{k}") for k in range(len(f.keys()) - 1))
-        positions = f.get_tensor("positions")
-    return ReferenceSketch(
-        metadata["reference_commit"], metadata["input_set_id"], positions, layers
-    )
-
-
-def prepare_references(
-    plan: Plan, executor, hub_dir: Path, sketch_dir: Path
-) -> tuple[dict[str, ReferenceSketch], dict[str, str]]:
-    """The reference sketches the plan's missing cross-checkpoint cells read: from the cache
-    when there, else computed once each on the executor and cached. Returns (sketches,
-    errors by sketch key)."""
-    sketches: dict[str, ReferenceSketch] = {}
-    tasks = []
-    for key, reference in plan.references.items():
-        path = _sketch_path(sketch_dir, key)
-        if path.exists():
-            sketches[key] = load_sketch(path)
-            continue
-        spec = plan.spec
-        tasks.append(
-            SketchTask(
-                reference.checkpoint,
-                reference.commit,
-                key,
-                reference.input_set_id,
-                plan.input_sets[reference.checkpoint.model][reference.input_set].token_ids,
-                reference.max_tokens,
-                reference.seed,
-                hub_dir,
-                spec.resources.dtype,
-                spec.resources.batch_size,
-                spec.loading.trust_remote_code,
-                spec.loading.allow_pickle_weights,
-            )
-        )
-    errors: dict[str, str] = {}
-    for task, outcome in executor.run_sketches(tasks):
-        if isinstance(outcome, Exception):
-            errors[task.key] = f"({task.checkpoint.label}: {type(outcome).__name__}: {outcome})"
-        else:
-            save_sketch(_sketch_path(sketch_dir, task.key), outcome)
-            sketches[task.key] = outcome
-    return sketches, errors
-
-
-def _task(unit: Unit, plan: Plan, hub_dir: Path, reference_errors: dict[str, str]) -> UnitTask:
+def _task(
+    unit: Unit,
+    plan: Plan,
+    hub_dir: Path,
+    reference_errors: dict[str, str],
+    sketches: list[SketchRequest] | None = None,
+) -> UnitTask:
     spec = plan.spec
     tokens = plan.input_sets.get(unit.checkpoint.model, {})
-    wanted = {c.input_set for c in unit.missing if c.input_set}
+    sketches = sketches or []
+    wanted = {c.input_set for c in unit.missing if c.input_set} | {r.input_set for r in sketches}
     return UnitTask(
         checkpoint=unit.checkpoint,
         commit=unit.commit,
@@ -138,6 +82,7 @@ def _task(unit: Unit, plan: Plan, hub_dir: Path, reference_errors: dict[str, str
         trust_remote_code=spec.loading.trust_remote_code,
         allow_pickle=spec.loading.allow_pickle_weights,
         reference_errors=plan.reference_errors | reference_errors,
+        sketches=sketches,
     )
 
 
@@ -152,6 +97,7 @@ def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
     message = f"worker: {type(err).__name__}: {err}".replace("\n", " ")[:2000]
     result = UnitResult(task.checkpoint, task.commit)
     result.failures = failure_rows(task.checkpoint, task.commit, task.cells, message)
+    result.sketch_errors = {r.key: message for r in task.sketches}
     return result
 
 
@@ -288,15 +234,19 @@ def run_plan(
     )
     if not plan.todo:
         return summary
-    units = {u.checkpoint: u for u in plan.todo}
+    units = {u.checkpoint: u for u in plan.units}
     with executor:
         # Resource errors surface before anything is written.
-        workers = executor.prepare(len(plan.todo))
-        console.print(f"{executor.description}; {workers}", highlight=False)
-        references, reference_errors = prepare_references(plan, executor, hub_dir, sketch_dir)
-        tasks = [
-            _task(u, plan, hub_dir, reference_errors) for u in plan.todo if u.commit is not None
-        ]
+        executor.prepare(len(plan.todo), lambda line: console.print(line, highlight=False))
+        console.print(f"{executor.description}; {executor.pool_summary()}", highlight=False)
+        references = cached_sketches(plan, sketch_dir)
+        requests = sketch_requests(plan, references)
+        reference_errors: dict[str, str] = {}
+        # Wave 1: the units that make the missing reference sketches (a reference checkpoint
+        # whose own cells are all stored still runs, for its sketch only). Wave 2: the rest,
+        # built once wave 1 has said which sketches exist.
+        first = [_task(units[ref], plan, hub_dir, {}, found) for ref, found in requests.items()]
+        later = [u for u in plan.todo if u.commit is not None and u.checkpoint not in requests]
         run = _Lifecycle(plan, spec_text, db_path, tracking_uri)
         summary.run_id, summary.mlflow_run_id = run.run_id, run.mlflow_run_id
         status = "KILLED"
@@ -309,7 +259,7 @@ def run_plan(
 
             with _progress(console) as progress:
                 overall = progress.add_task(
-                    f"[bold]{plan.spec.name}: checkpoints", total=len(tasks)
+                    f"[bold]{plan.spec.name}: checkpoints", total=len(first) + len(later)
                 )
                 bars: dict = {}
 
@@ -317,11 +267,17 @@ def run_plan(
                     label = f"  {task.checkpoint.label}"
                     bars[task.checkpoint] = progress.add_task(label, total=len(task.cells))
 
-                for task, outcome in executor.run(tasks, on_start, references):
+                def finished(task: UnitTask, outcome) -> None:
                     result = (
                         outcome if isinstance(outcome, UnitResult) else _lost_unit(task, outcome)
                     )
-                    run.persist(units[task.checkpoint], result)
+                    for key, sketch in result.sketches.items():
+                        save_sketch(sketch_path(sketch_dir, key), sketch)
+                        references[key] = sketch
+                    for key, error in result.sketch_errors.items():
+                        reference_errors[key] = f"({task.checkpoint.label}: {error})"
+                    if task.cells:
+                        run.persist(units[task.checkpoint], result)
                     summary.cells_computed += len(result.cells)
                     summary.cells_failed += len(result.failures)
                     summary.metric_rows += len(result.metrics)
@@ -330,15 +286,19 @@ def run_plan(
                     ]
                     progress.remove_task(bars.pop(task.checkpoint))
                     progress.advance(overall)
-                    state = (
-                        "[green]ok"
-                        if not result.failures
-                        else f"[red]{len(result.failures)} failed"
-                    )
+                    failed = len(result.failures) + len(result.sketch_errors)
+                    state = "[green]ok" if not failed else f"[red]{failed} failed"
+                    made = f", {len(result.sketches)} sketch(es)" if task.sketches else ""
                     progress.console.print(
-                        f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells, "
-                        f"{result.seconds:.2f}s on {result.device} {state}"
+                        f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells"
+                        f"{made}, {result.seconds:.2f}s on {result.device} {state}"
                     )
+
+                for task, outcome in executor.run(first, on_start, references):
+                    finished(task, outcome)
+                tasks = [_task(u, plan, hub_dir, reference_errors) for u in later]
+                for task, outcome in executor.run(tasks, on_start, references):
+                    finished(task, outcome)
             status = "FINISHED" if not summary.cells_failed else "FAILED"
         finally:
             run.finish(status, summary)

@@ -1,22 +1,37 @@
-"""What runs where a unit runs: load the checkpoint once, one forward pass per input set, every
-analysis on it. Plain functions, so the Ray actor and the inline executor share them."""
+"""What runs where a unit runs: load the checkpoint once, one streamed forward pass per input
+set, every analysis on it as a reducer. Plain functions, so the Ray actor and the inline
+executor share them."""
 
 from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ckptlab.analyses.capture import ReferenceSketch, sample_positions, sketch_hidden_states
-from ckptlab.analyses.registry import Need, get_analysis
+from ckptlab.analyses.capture import CheckpointContext, ReferenceSketch, sample_positions
+from ckptlab.analyses.position_sample import PositionSample
+from ckptlab.analyses.registry import FORWARD_NEEDS, Need, Reducer, get_analysis
+from ckptlab.home import hub_cache_dir
 from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer, local_checkpoint
-from ckptlab.orchestrator.forward import capture_forward
+from ckptlab.orchestrator.forward import checkpoint_context, stream_forward
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
 from ckptlab.rows import CellRow, FailureRow, MetricRow
+
+
+@dataclass(frozen=True)
+class SketchRequest:
+    """Take a reference sketch from this unit's pass over one input set: the hidden states
+    at a seeded sample of positions, for cross-checkpoint analyses of other checkpoints."""
+
+    key: str
+    input_set: str
+    input_set_id: str
+    max_tokens: int
+    seed: int
 
 
 @dataclass
@@ -25,31 +40,14 @@ class UnitTask:
     commit: str
     cells: list[Cell]
     token_ids: dict[str, np.ndarray]  # input set name -> [seq, pos]
-    hub_dir: Path
+    hub_dir: Path | None  # None: the worker's own hub cache (HF_HUB_CACHE / CKPTLAB_HOME)
     dtype: str
     batch_size: int
     trust_remote_code: bool
     allow_pickle: bool
     # Why a reference sketch is missing, by sketch key or model (cross-checkpoint cells).
     reference_errors: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class SketchTask:
-    """Compute a reference checkpoint's sketch on one input set (load + one forward pass)."""
-
-    checkpoint: CheckpointRef
-    commit: str
-    key: str
-    input_set_id: str
-    token_ids: np.ndarray  # [seq, pos]
-    max_tokens: int
-    seed: int
-    hub_dir: Path
-    dtype: str
-    batch_size: int
-    trust_remote_code: bool
-    allow_pickle: bool
+    sketches: list[SketchRequest] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +57,8 @@ class UnitResult:
     cells: list[CellRow] = field(default_factory=list)
     metrics: list[MetricRow] = field(default_factory=list)
     failures: list[FailureRow] = field(default_factory=list)
+    sketches: dict[str, ReferenceSketch] = field(default_factory=dict)
+    sketch_errors: dict[str, str] = field(default_factory=dict)
     load_seconds: float = 0.0
     seconds: float = 0.0
     device: str = "cpu"
@@ -84,7 +84,7 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}".replace("\n", " ")[:2000]
 
 
-def load_checkpoint(task: UnitTask | SketchTask, device: str):
+def load_checkpoint(task: UnitTask, device: str):
     """(model, tokenizer) of the task's checkpoint, verified against the planned commit."""
     ref = task.checkpoint
     if ref.source == "local":
@@ -93,7 +93,7 @@ def load_checkpoint(task: UnitTask | SketchTask, device: str):
         folder, commit = fetch_snapshot(
             ref.model,
             ref.revision,
-            task.hub_dir,
+            task.hub_dir or hub_cache_dir(),
             local_only=ref.local_only,
             allow_pickle=task.allow_pickle,
         )
@@ -109,13 +109,123 @@ def load_checkpoint(task: UnitTask | SketchTask, device: str):
     return model, load_tokenizer(folder, trust_remote_code=task.trust_remote_code)
 
 
-def run_sketch(task: SketchTask, device: str) -> ReferenceSketch:
-    model, tokenizer = load_checkpoint(task, device)
-    tokens = torch.from_numpy(task.token_ids)
-    capture = capture_forward(model, tokens, {Need.HIDDEN_STATES}, task.batch_size, len(tokenizer))
-    positions = sample_positions(tokens.numel(), task.max_tokens, task.seed)
-    layers = sketch_hidden_states(capture.hidden_states, positions)
-    return ReferenceSketch(task.commit, task.input_set_id, positions, layers)
+@dataclass
+class _Running:
+    """One cell's reducer during a pass, and the time spent in it."""
+
+    cell: Cell
+    reducer: Reducer
+    seconds: float = 0.0
+
+
+class _Pass:
+    """One input set's pass over one checkpoint: every cell's reducer and every requested
+    sketch fed the same batches; a reducer that raises fails its own cell only."""
+
+    def __init__(self, task: UnitTask, result: UnitResult, input_set: str | None, cells, refs):
+        self.task, self.result, self.input_set = task, result, input_set
+        self.cells = cells
+        self.references = refs
+        self.requests = [r for r in task.sketches if r.input_set == input_set]
+        self.running: dict[str, _Running] = {}
+        self.samples: dict[str, PositionSample] = {}
+
+    def fail(self, cells: list[Cell], error: str) -> None:
+        self.result.failures += failure_rows(self.task.checkpoint, self.task.commit, cells, error)
+
+    def start(self, context: CheckpointContext) -> None:
+        for cell in self.cells:
+            definition = get_analysis(cell.analysis)
+            cell_context = context
+            if definition.cross_checkpoint:
+                reference = self.references.get(cell.reference_key)
+                made_here = any(r.key == cell.reference_key for r in self.requests)
+                if reference is None and not made_here:
+                    why = self.task.reference_errors.get(
+                        cell.reference_key or self.task.checkpoint.model, ""
+                    )
+                    self.fail(
+                        [cell], f"{cell.analysis}: reference sketch unavailable {why}".strip()
+                    )
+                    continue
+                cell_context = replace(context, reference=reference)
+            started = time.perf_counter()
+            try:
+                params = definition.params_model.model_validate_json(
+                    cell.run_params_json or cell.params_json
+                )
+                reducer = definition.start(params, cell_context)
+            except Exception as err:
+                self.fail([cell], f"{cell.analysis}: {_one_line(err)}")
+                continue
+            self.running[cell.key] = _Running(cell, reducer, time.perf_counter() - started)
+        if self.requests:
+            seq, pos = context.input_shape()
+            for r in self.requests:
+                positions = sample_positions(seq * pos, r.max_tokens, r.seed)
+                self.samples[r.key] = PositionSample(positions, torch.float32)
+
+    def stream(self, model, tokens: torch.Tensor, needs: set[Need]) -> None:
+        for batch in stream_forward(model, tokens, needs, self.task.batch_size):
+            for key, running in list(self.running.items()):
+                started = time.perf_counter()
+                try:
+                    running.reducer.update(batch)
+                except Exception as err:
+                    self.fail([running.cell], f"{running.cell.analysis}: {_one_line(err)}")
+                    del self.running[key]
+                    continue
+                running.seconds += time.perf_counter() - started
+            for sample in self.samples.values():
+                sample.add(batch, batch.require("hidden_states"))
+
+    def forward_failed(self, err: Exception) -> None:
+        self.fail([r.cell for r in self.running.values()], f"forward: {_one_line(err)}")
+        self.running.clear()
+        for r in self.requests:
+            self.result.sketch_errors[r.key] = f"forward: {_one_line(err)}"
+        self.samples.clear()
+
+    def finish(self) -> None:
+        # Sketches first: the reference's own cross-checkpoint cell reads the one made here.
+        for r in self.requests:
+            if r.key in self.samples:
+                layers = tuple(x.cpu().numpy() for x in self.samples[r.key].complete())
+                positions = self.samples[r.key].positions.numpy()
+                self.result.sketches[r.key] = ReferenceSketch(
+                    self.task.commit, r.input_set_id, positions, layers
+                )
+        for running in self.running.values():
+            cell, reducer = running.cell, running.reducer
+            started = time.perf_counter()
+            try:
+                if Need.REFERENCE in reducer.needs and reducer.context.reference is None:
+                    reducer.context.reference = self.result.sketches[cell.reference_key]
+                values = reducer.finalize()
+            except Exception as err:
+                self.fail([cell], f"{cell.analysis}: {_one_line(err)}")
+                continue
+            running.seconds += time.perf_counter() - started
+            self.result.cells.append(
+                CellRow(
+                    cell.key,
+                    self.task.commit,
+                    cell.analysis,
+                    cell.version,
+                    cell.params_json,
+                    cell.params_hash,
+                    cell.input_set_id,
+                    self.result.device,
+                    self.task.dtype,
+                    running.seconds,
+                )
+            )
+            self.result.metrics += [
+                MetricRow(
+                    cell.key, v.layer, v.metric, v.value, v.item, v.task, v.shots, v.task_seed
+                )
+                for v in values
+            ]
 
 
 def run_unit(
@@ -125,70 +235,42 @@ def run_unit(
     result = UnitResult(ref, task.commit, device=device)
     started = time.perf_counter()
     references = references or {}
-
-    def fail(cells: list[Cell], error: str) -> None:
-        result.failures += failure_rows(ref, task.commit, cells, error)
-
     try:
         model, tokenizer = load_checkpoint(task, device)
     except Exception as err:
-        fail(task.cells, f"load: {_one_line(err)}")
+        result.failures += failure_rows(ref, task.commit, task.cells, f"load: {_one_line(err)}")
+        for r in task.sketches:
+            result.sketch_errors[r.key] = f"load: {_one_line(err)}"
         result.seconds = time.perf_counter() - started
         return result
     result.load_seconds = time.perf_counter() - started
 
-    # Group cells by input set: one capture (one forward pass) per group.
-    groups: dict[str | None, list[Cell]] = {}
+    # Group cells by input set: one pass per group; sketch requests join their input set's.
+    groups: dict[str | None, list[Cell]] = {r.input_set: [] for r in task.sketches}
     for cell in task.cells:
         groups.setdefault(cell.input_set, []).append(cell)
     for input_set, cells in groups.items():
-        definitions = {c.key: get_analysis(c.analysis) for c in cells}
-        needs = set().union(*(d.needs for d in definitions.values()))
+        step = _Pass(task, result, input_set, cells, references)
+        needs = set().union(*(get_analysis(c.analysis).needs for c in cells))
+        if step.requests:
+            needs.add(Need.HIDDEN_STATES)
         tokens = torch.from_numpy(task.token_ids[input_set]) if input_set is not None else None
-        try:
-            capture = capture_forward(model, tokens, needs, task.batch_size, len(tokenizer))
-        except Exception as err:
-            fail(cells, f"forward: {_one_line(err)}")
-            continue
-        if Need.MODEL in needs:
-            capture.model, capture.tokenizer = model, tokenizer
-        for cell in cells:
-            definition = definitions[cell.key]
-            cell_started = time.perf_counter()
-            if definition.cross_checkpoint:
-                capture.reference = references.get(cell.reference_key)
-                if capture.reference is None:
-                    reason = task.reference_errors.get(cell.reference_key or ref.model, "")
-                    fail([cell], f"{cell.analysis}: reference sketch unavailable {reason}".strip())
-                    continue
+        with torch.inference_mode():
             try:
-                params = definition.params_model.model_validate_json(
-                    cell.run_params_json or cell.params_json
-                )
-                values = definition.run(capture, params)
-            except Exception as err:
-                fail([cell], f"{cell.analysis}: {_one_line(err)}")
+                context = checkpoint_context(model, tokens, needs, len(tokenizer))
+            except Exception as err:  # e.g. a head this code cannot read: every cell here
+                step.fail(cells, f"forward: {_one_line(err)}")
+                for r in step.requests:
+                    result.sketch_errors[r.key] = f"forward: {_one_line(err)}"
                 continue
-            result.cells.append(
-                CellRow(
-                    cell.key,
-                    task.commit,
-                    cell.analysis,
-                    cell.version,
-                    cell.params_json,
-                    cell.params_hash,
-                    cell.input_set_id,
-                    device,
-                    task.dtype,
-                    time.perf_counter() - cell_started,
-                )
-            )
-            result.metrics += [
-                MetricRow(
-                    cell.key, v.layer, v.metric, v.value, v.item, v.task, v.shots, v.task_seed
-                )
-                for v in values
-            ]
-        del capture
+            if Need.MODEL in needs:
+                context.model, context.tokenizer = model, tokenizer
+            step.start(context)
+            if tokens is not None and needs & FORWARD_NEEDS:
+                try:
+                    step.stream(model, tokens, needs)
+                except Exception as err:  # the pass itself: every cell of this input set
+                    step.forward_failed(err)
+            step.finish()
     result.seconds = time.perf_counter() - started
     return result

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptlab.code_version import code_version
+from ckptlab.code_version import code_version, shipped
 from ckptlab.results import ResultStore
 
 from loopback_cluster import CKPTLAB, RAY, LoopbackCluster, cluster_env
@@ -133,7 +133,7 @@ def test_submit_runs_the_spec_on_the_cluster(token_cluster, project, local_rows,
     assert_ran_on_the_gpu_node(token_cluster, job["job_id"])
     assert_same_rows(db, local_rows)
     # The shipped copy of this very code ran the job, not the cluster's install.
-    assert ResultStore(db).query("SELECT code_version FROM runs").item() == code_version()
+    assert ResultStore(db).query("SELECT code_version FROM runs").item() == shipped(code_version())
     # The token travelled in neither the runtime env nor anything printed.
     assert TOKEN not in json.dumps(job) and TOKEN not in out
 
@@ -211,6 +211,7 @@ def test_a_wrong_token_is_one_clear_line(token_cluster, project):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "token" in done.stderr and "not-the-token" not in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -241,12 +242,16 @@ def test_run_attaches_to_an_existing_cluster(open_cluster, project, local_rows, 
         args += ["--address", open_cluster.gcs]
     else:
         env["RAY_ADDRESS"] = open_cluster.gcs
+
+    def drivers() -> int:
+        return len([j for j in open_cluster.state("jobs") if j["type"] == "DRIVER"])
+
+    before = drivers()
     done = run(args, env, project)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Ray cluster {open_cluster.gcs} (from {how})" in done.stdout
     assert_same_rows(db, local_rows)
-    attached = [j for j in open_cluster.state("jobs") if j["type"] == "DRIVER"]
-    assert attached  # the run was a driver of that cluster, not of a private Ray
+    assert drivers() == before + 1  # the run was a driver of that cluster, not a private Ray
 
 
 def test_submit_with_the_clusters_own_install(open_cluster, project, local_rows, tmp_path):

@@ -72,16 +72,16 @@ def test_only_what_is_needed_is_captured(pico_s):
 
 def test_a_unit_loads_once_and_runs_one_pass_per_input_set(pico_hub, monkeypatch):
     loads, passes = [], []
-    real_load, real_capture = worker_module.load_model, worker_module.capture_forward
+    real_load, real_stream = worker_module.load_model, worker_module.stream_forward
     monkeypatch.setattr(
         worker_module, "load_model", lambda *a, **k: loads.append(1) or real_load(*a, **k)
     )
 
-    def counting_capture(model, tokens, needs, *args):
+    def counting_stream(model, tokens, needs, *args):
         passes.append((tokens is not None, frozenset(needs)))
-        return real_capture(model, tokens, needs, *args)
+        return real_stream(model, tokens, needs, *args)
 
-    monkeypatch.setattr(worker_module, "capture_forward", counting_capture)
+    monkeypatch.setattr(worker_module, "stream_forward", counting_stream)
     folder = snapshot_download(
         "pico/pico-xs", revision="step4", cache_dir=pico_hub, local_files_only=True
     )

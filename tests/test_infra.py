@@ -160,6 +160,7 @@ def check_ray_cluster_spec(spec: dict, claim: str) -> None:
         assert group["rayStartParams"]["num-gpus"] == gpus
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     for template in [head["template"], *(g["template"] for g in groups)]:
+        assert template["spec"]["securityContext"]["fsGroup"] == 100  # uid 1000 can write /data
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         for container in containers(template):
             assert container["image"] == IMAGE
@@ -189,6 +190,7 @@ def test_kuberay_manifests():
     check_ray_cluster_spec(job["spec"]["rayClusterSpec"], claim)
     args = parses_as_ckptlab(job["spec"]["entrypoint"])
     assert args[0] == "run"
+    assert "--wait-for-workers" in args  # the job starts before its GPU workers have joined
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
     [container] = containers(head)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -204,7 +206,8 @@ def test_the_cluster_launcher_config_is_valid_for_ray():
     config = load("ray-cluster-aws.yaml")
     validate_config(prepare_config(config))  # Ray's own schema and checks
     assert config["docker"]["image"] == IMAGE
-    assert "--gpus all" in config["docker"]["run_options"]
+    assert "--gpus all" in config["docker"]["worker_run_options"]
+    assert "--gpus all" not in config["docker"]["run_options"]  # the head has no GPU
     types = config["available_node_types"]
     assert config["head_node_type"] in types
     assert any(t["node_config"]["InstanceType"].startswith(("g", "p")) for t in types.values())
@@ -225,7 +228,11 @@ def test_the_mlflow_server_compose_file():
     command = services["mlflow"]["command"]
     assert command[:2] == ["mlflow", "server"]
     option = {command[i]: command[i + 1] for i in range(2, len(command) - 1, 1)}
-    assert option["--backend-store-uri"].startswith("postgresql://")
+    # The backend URI holds the password: from the environment, never the command line.
+    assert "--backend-store-uri" not in command
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("${")
+    example = (INFRA / "mlflow" / ".env.example").read_text()
+    assert "MLFLOW_BACKEND_STORE_URI=postgresql://" in example
     assert option["--artifacts-destination"].startswith("s3://")
     assert "--serve-artifacts" in command  # clients need no bucket credentials
     text = (INFRA / "mlflow" / "docker-compose.yaml").read_text()

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ckptlab.cli import app
-from ckptlab.code_version import code_version
+from ckptlab.code_version import code_version, shipped
 from ckptlab.orchestrator.jobs import (
     JobRequest,
     SubmitError,
@@ -95,7 +95,7 @@ def test_stage_code_is_the_installed_layout_and_shadows_any_install(tmp_path):
     assert not list(package.rglob("__pycache__"))
     probe = (
         "import json, ckptlab.analyses, ckptlab.orchestrator.runner;"
-        "from ckptlab.code_version import code_version;"
+        "from ckptlab.code_version import code_version, shipped;"
         "print(json.dumps([ckptlab.analyses.__file__, code_version()]))"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # what Ray's py_modules does
@@ -105,7 +105,7 @@ def test_stage_code_is_the_installed_layout_and_shadows_any_install(tmp_path):
     assert done.returncode == 0, done.stderr
     where, version = json.loads(done.stdout)
     assert Path(where).is_relative_to(package)
-    assert version == code_version()  # recorded when shipped: the copy has no git
+    assert version == shipped(code_version())  # recorded when shipped: the copy has no git
 
 
 def test_the_runtime_env_carries_spec_files_and_code_but_no_token(project, monkeypatch):
@@ -119,13 +119,87 @@ def test_the_runtime_env_carries_spec_files_and_code_but_no_token(project, monke
         assert (Path(runtime_env["working_dir"]) / "spec.yaml").is_file()
         assert command == "python -m ckptlab run spec.yaml --db /shared/r.duckdb"
         assert "canary" not in json.dumps(runtime_env)
+        # Nothing Ray uploads holds a token either.
+        for root in (runtime_env["working_dir"], runtime_env["py_modules"][0]):
+            for file in Path(root).rglob("*"):
+                if file.is_file():
+                    assert b"canary" not in file.read_bytes(), file
         assert spec.carried == ["data/corpus.txt", str(Path.cwd().parent / "elsewhere.txt"),
                                 "tasks.jsonl"]  # fmt: skip
     image = JobRequest(path, load_spec(path), None, code="image")
     with staged(image, Path.cwd()) as (runtime_env, command, _):
         assert "py_modules" not in runtime_env
-        assert command.endswith("--expect-version 0.1.0")
+        assert command.endswith(f"--expect-version {code_version()}")
     assert entrypoint(request, "s.yaml").startswith("python -m ckptlab run s.yaml")
+
+
+def test_an_absolute_path_inside_the_project_becomes_relative(project, tmp_path):
+    root, path = project
+    spec = yaml.safe_load(path.read_text())
+    spec["input_sets"][0]["file"] = str(root / "data" / "corpus.txt")  # absolute, inside
+    path.write_text(yaml.safe_dump(spec))
+    work = tmp_path / "work2"
+    work.mkdir()
+    staged_spec = stage_spec(path, load_spec(path), work, root)
+    data = yaml.safe_load((work / staged_spec.spec_file).read_text())
+    assert data["input_sets"][0]["file"] == "data/corpus.txt"
+    assert (work / "data" / "corpus.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["analyses"][1]["params"]["tasks"][0]["data"].update(file="gone.jsonl"),
+         "analyses.1.params.tasks.0.data.file: no such file: gone.jsonl"),
+        (lambda s: s.update(storage={"db": "results.duckdb"}), "'results.duckdb' is relative"),
+        (lambda s: s.update(storage={"tracking_uri": "sqlite:///m.db"}), "is relative"),
+        (lambda s: s.update(storage={"tracking_uri": "https://me:secret@mlflow:5000"}),
+         "the tracking URI holds a password"),
+    ],
+)  # fmt: skip
+def test_what_would_fail_on_the_cluster_is_refused_here(project, change, message):
+    _, path = project
+    spec = yaml.safe_load(path.read_text())
+    change(spec)
+    path.write_text(yaml.safe_dump(spec))
+    # The address answers nothing: the refusal comes before any connection.
+    result = CliRunner().invoke(app, ["submit", str(path), "--address", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "secret" not in result.output
+
+
+def test_an_explicit_address_wins_over_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:7")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6399")
+    result = CliRunner().invoke(app, ["jobs", "list", "--address", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "cannot reach the Ray Jobs API at http://127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unreachable_cluster_fails_in_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = tmp_path / "t.yaml"
+    spec.write_text(TINY)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptlab", "run", str(spec), "--address", f"127.0.0.1:{port}",
+         "--db", str(tmp_path / "never.duckdb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"cannot reach Ray at 127.0.0.1:{port}" in done.stderr
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -25,6 +26,25 @@ err_console = Console(stderr=True)
 DbOption = Annotated[Path | None, typer.Option("--db", help="Results DuckDB file.")]
 TrackingOption = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI.")]
 SpecArg = Annotated[Path, typer.Argument(help="Spec YAML file.")]
+WaitForWorkersOption = Annotated[
+    float,
+    typer.Option(
+        "--wait-for-workers",
+        min=0,
+        help="Seconds an autoscaling cluster may take to add the nodes a worker needs "
+        "(GPU groups that scale from zero); 0 fails at once when no node fits.",
+    ),
+]
+
+
+def redacted(uri: str) -> str:
+    """A URI with any user:password part hidden, for printing."""
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    return parts._replace(
+        netloc=f"***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    ).geturl()
 
 
 def fail(message: str, code: int) -> typer.Exit:

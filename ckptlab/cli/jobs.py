@@ -5,13 +5,22 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.table import Table
 
-from ckptlab.cli.app import SpecArg, app, console, err_console, fail, load
+from ckptlab.cli.app import (
+    SpecArg,
+    WaitForWorkersOption,
+    app,
+    console,
+    err_console,
+    fail,
+    load,
+)
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Ray Jobs that `ckptlab submit` started.")
 app.add_typer(jobs_app, name="jobs")
@@ -47,8 +56,19 @@ def _client(address: str | None):
         raise fail(str(err), 1) from None
 
 
+def _info(jobs, job_id: str):
+    try:
+        return jobs.get_job_info(job_id)
+    except RuntimeError:
+        raise fail(f"no job {job_id!r} on this cluster", 1) from None
+
+
 def _follow_and_exit(jobs, job_id: str) -> None:
-    from ckptlab.orchestrator.jobs import exit_code, follow
+    import aiohttp
+
+    from ckptlab.orchestrator.jobs import exit_code, first_line, follow, status_of
+
+    _info(jobs, job_id)  # an unknown id is one line, not a failed handshake
 
     def write(lines: str) -> None:
         sys.stdout.write(lines)
@@ -59,12 +79,17 @@ def _follow_and_exit(jobs, job_id: str) -> None:
     except KeyboardInterrupt:
         err_console.print(f"stopped following; the job goes on: ckptlab jobs stop {job_id}")
         raise typer.Exit(130) from None
-    info = jobs.get_job_info(job_id)
-    status = str(info.status.value)
+    except (RuntimeError, aiohttp.ClientError, OSError) as err:
+        raise fail(
+            f"lost the log stream ({type(err).__name__}); the job goes on: "
+            f"ckptlab jobs status {job_id}",
+            1,
+        ) from None
+    info = _info(jobs, job_id)
     code = exit_code(info)
-    message = f" ({info.message})" if info.message and code else ""
+    message = f" ({first_line(info.message)})" if code and info.message else ""
     (console if code == 0 else err_console).print(
-        f"job {job_id}: {status}{message}", highlight=False, soft_wrap=True
+        f"job {job_id}: {status_of(info)}{message}", highlight=False, soft_wrap=True
     )
     raise typer.Exit(code)
 
@@ -103,17 +128,32 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")
     ] = False,
+    wait_for_workers: WaitForWorkersOption = 0,
 ) -> None:
     """Submit a spec as a Ray Job to a cluster (prints the job id)."""
-    from ckptlab.orchestrator.jobs import JobRequest, SubmitError, check_env_vars, submit
+    from ckptlab.orchestrator.jobs import (
+        JobRequest,
+        SubmitError,
+        check_env_vars,
+        check_request,
+        submit,
+    )
 
     spec, _ = load(spec_path)
     try:
         request = JobRequest(
-            spec_path, spec, address, db, tracking_uri, code.value, check_env_vars(env or [])
+            spec_path,
+            spec,
+            address,
+            db,
+            tracking_uri,
+            code.value,
+            check_env_vars(env or []),
+            wait_for_workers,
         )
+        check_request(request, Path.cwd())
     except SubmitError as err:
-        raise fail(str(err), 2) from None
+        raise fail(f"{spec_path}: {err}", 2) from None
     jobs = _client(address)
     try:
         submitted = submit(request, jobs=jobs)
@@ -177,18 +217,13 @@ def jobs_list(
 @jobs_app.command("status")
 def jobs_status(job_id: JobId, address: JobsAddress = None) -> None:
     """A job's status and message (exit code 0 once it succeeded, 1 when it failed)."""
-    from ckptlab.orchestrator.jobs import exit_code
+    from ckptlab.orchestrator.jobs import TERMINAL, exit_code, first_line, status_of
 
-    jobs = _client(address)
-    try:
-        info = jobs.get_job_info(job_id)
-    except RuntimeError:
-        raise fail(f"no job {job_id!r} on this cluster", 1) from None
-    console.print(f"{job_id}: {info.status.value}", highlight=False)
+    info = _info(_client(address), job_id)
+    console.print(f"{job_id}: {status_of(info)}", highlight=False)
     if info.message:
-        console.print(f"  {info.message}", highlight=False, soft_wrap=True)
-    status = str(info.status.value)
-    if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+        console.print(f"  {first_line(info.message)}", highlight=False, soft_wrap=True)
+    if status_of(info) in TERMINAL:
         raise typer.Exit(exit_code(info))
 
 

@@ -12,6 +12,7 @@ from ckptlab.cli.app import (
     DbOption,
     SpecArg,
     TrackingOption,
+    WaitForWorkersOption,
     app,
     console,
     db_of,
@@ -19,6 +20,7 @@ from ckptlab.cli.app import (
     hub_cache_dir,
     load,
     plan_of,
+    redacted,
     tracking_of,
 )
 
@@ -92,24 +94,35 @@ def run(
     executor: Annotated[
         Executor, typer.Option(help="ray (default) or inline: units in this process.")
     ] = Executor.ray,
+    wait_for_workers: WaitForWorkersOption = 0,
     expect_version: Annotated[
         str | None,
         typer.Option(
             "--expect-version",
             hidden=True,  # set by `ckptlab submit --code image`
-            help="Refuse to run unless this ckptlab has that version.",
+            help="Refuse to run unless this ckptlab has that release; say so when its code "
+            "(git commit) differs.",
         ),
     ] = None,
 ) -> None:
     """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow."""
     import ckptlab
+    from ckptlab.code_version import code_version
 
-    if expect_version and expect_version != ckptlab.__version__:
-        raise fail(
-            f"this is ckptlab {ckptlab.__version__}, the job was planned with "
-            f"{expect_version}; install that version or submit with --code ship",
-            2,
-        )
+    if expect_version:
+        release = expect_version.split("+")[0]
+        if release != ckptlab.__version__:
+            raise fail(
+                f"this is ckptlab {ckptlab.__version__}, the job was planned with "
+                f"{expect_version}; install that version or submit with --code ship",
+                2,
+            )
+        if expect_version != code_version():
+            console.print(
+                f"[yellow]note[/yellow] this install is ckptlab {code_version()}; the job was "
+                f"planned with {expect_version} (same release, other code?)",
+                highlight=False,
+            )
     from ckptlab.orchestrator.cluster import AddressError, ClusterError
     from ckptlab.orchestrator.executors import (
         InlineExecutor,
@@ -121,7 +134,7 @@ def run(
     spec, text = load(spec_path)
     try:  # a bad --address or RAY_ADDRESS fails before any planning
         backend = (
-            RayExecutor(spec.resources, address)
+            RayExecutor(spec.resources, address, wait_for_workers)
             if executor == Executor.ray
             else InlineExecutor(spec.resources)
         )
@@ -156,7 +169,8 @@ def run(
     table.add_row("metric rows written", str(summary.metric_rows))
     table.add_row("time", f"{summary.seconds:.1f}s")
     table.add_row("results", str(db_path))
-    table.add_row("mlflow", f"{tracking_of(spec, tracking_uri)} (run {summary.mlflow_run_id})")
+    uri = redacted(tracking_of(spec, tracking_uri))
+    table.add_row("mlflow", f"{uri} (run {summary.mlflow_run_id})")
     console.print(table)
     for failure in summary.failures[:20]:
         console.print(f"[red]failed[/red] {failure}", highlight=False)

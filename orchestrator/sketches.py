@@ -1,0 +1,65 @@
+"""Reference sketches of cross-checkpoint analyses (CKA), on the driver's side.
+
+A sketch is the reference checkpoint's hidden states at a seeded sample of positions of one
+input set. It is gathered by the same streamed pass as every analysis: the reference
+checkpoint's own unit carries a SketchRequest, runs first, and hands the sketch back; the
+driver caches it (``$CKPTLAB_HOME/sketches/<key>.safetensors``) and shares it with every
+other unit. A later run that adds checkpoints reads the cached sketch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckptlab.analyses.capture import ReferenceSketch
+from ckptlab.orchestrator.plan import CheckpointRef, Plan
+from ckptlab.orchestrator.worker import SketchRequest
+
+
+def sketch_path(sketch_dir: Path, key: str) -> Path:
+    return sketch_dir / f"{key}.safetensors"
+
+
+def save_sketch(path: Path, sketch: ReferenceSketch) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"positions": sketch.positions}
+    tensors |= {f"layer_{k}": layer for k, layer in enumerate(sketch.layers)}
+    metadata = {"reference_commit": sketch.reference_commit, "input_set_id": sketch.input_set_id}
+    partial = path.with_suffix(".partial")
+    save_file(tensors, partial, metadata=metadata)
+    partial.rename(path)  # a sketch file is either complete or absent
+
+
+def load_sketch(path: Path) -> ReferenceSketch:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        metadata = f.metadata()
+        layers = tuple(f.get_tensor(f"layer_{k}") for k in range(len(f.keys()) - 1))
+        positions = f.get_tensor("positions")
+    return ReferenceSketch(
+        metadata["reference_commit"], metadata["input_set_id"], positions, layers
+    )
+
+
+def cached_sketches(plan: Plan, sketch_dir: Path) -> dict[str, ReferenceSketch]:
+    return {
+        key: load_sketch(sketch_path(sketch_dir, key))
+        for key in plan.references
+        if sketch_path(sketch_dir, key).exists()
+    }
+
+
+def sketch_requests(plan: Plan, have: dict) -> dict[CheckpointRef, list[SketchRequest]]:
+    """The sketches still to make, by the reference checkpoint whose pass makes them."""
+    requests: dict[CheckpointRef, list[SketchRequest]] = {}
+    for key, reference in plan.references.items():
+        if key in have:
+            continue
+        request = SketchRequest(
+            key, reference.input_set, reference.input_set_id, reference.max_tokens, reference.seed
+        )
+        requests.setdefault(reference.checkpoint, []).append(request)
+    return requests
