@@ -15,13 +15,26 @@ from pathlib import Path
 
 import torch
 
-SAFE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
+# Everything but weights: what planning reads (the tokenizer, the config).
+TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.txt", "*.model", "*.tiktoken"]
+SAFE_PATTERNS = [*TOKENIZER_PATTERNS, "*.safetensors"]
 PICKLE_PATTERNS = ["*.bin"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that cannot be resolved or fetched. ``reason`` is one line without the
+    checkpoint's name, so that many checkpoints failing alike can be reported as one."""
+
+    def __init__(self, label: str, reason: str):
+        self.label = label
+        self.reason = reason
+        super().__init__(f"{label}: {reason}")
+
+
+def _short(err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}"[:300]
 
 
 def content_commit_id(folder: Path) -> str:
@@ -38,24 +51,62 @@ def hub_offline() -> bool:
 
 
 def fetch_snapshot(
-    repo: str, revision: str, cache_dir: Path, *, local_only: bool, allow_pickle: bool = False
+    repo: str,
+    revision: str,
+    cache_dir: Path,
+    *,
+    local_only: bool,
+    allow_pickle: bool = False,
+    weights: bool = True,
 ) -> tuple[Path, str]:
-    """Download (or find in the cache) one revision; returns (folder, resolved commit sha)."""
+    """Download (or find in the cache) one revision; returns (folder, resolved commit sha).
+    ``weights=False`` fetches only the tokenizer and config files (planning)."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import disable_progress_bars
 
-    patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
+    disable_progress_bars()  # ckptlab reports progress per checkpoint itself
+
+    if not weights:
+        patterns = TOKENIZER_PATTERNS
+    else:
+        patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
+    offline = local_only or hub_offline()
     try:
         folder = snapshot_download(
             repo_id=repo,
             revision=revision,
             cache_dir=cache_dir,
             allow_patterns=patterns,
-            local_files_only=local_only or hub_offline(),
+            local_files_only=offline,
         )
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{repo}@{revision}", _not_cached(offline)) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo}@{revision}", "no such revision") from None
     except Exception as err:  # huggingface_hub raises several types; all mean "not available"
-        raise CheckpointError(f"{repo}@{revision}: {type(err).__name__}: {err}") from None
+        raise CheckpointError(f"{repo}@{revision}", _short(err)) from None
     folder = Path(folder)
     return folder, folder.name  # snapshots/<commit sha>
+
+
+def _not_cached(offline: bool) -> str:
+    if offline:
+        return "not in the local hub cache (offline: HF_HUB_OFFLINE=1)"
+    return "not in the local hub cache, and the hub is unreachable"
+
+
+def cached_commit(repo: str, revision: str, cache_dir: Path) -> str | None:
+    """The commit a revision names in the local hub cache, read from its refs file (the
+    cache's documented layout: models--org--name/refs/<revision>), or None."""
+    storage = Path(cache_dir) / f"models--{repo.replace('/', '--')}"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision if (storage / "snapshots" / revision).is_dir() else None
+    ref = storage / "refs" / revision
+    if not ref.is_file():
+        return None
+    commit = ref.read_text().strip()
+    return commit if (storage / "snapshots" / commit).is_dir() else None
 
 
 def resolve_commits(
@@ -65,32 +116,34 @@ def resolve_commits(
     offline, the refs of the local cache."""
     if not (local_only or hub_offline()):
         from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
 
         try:
             refs = HfApi().list_repo_refs(repo)
+        except RepositoryNotFoundError:
+            return {r: CheckpointError(f"{repo}@{r}", "no such repo") for r in revisions}
         except Exception as err:
-            error = CheckpointError(f"{repo}: cannot list revisions: {type(err).__name__}: {err}")
-            return dict.fromkeys(revisions, error)
+            reason = f"cannot list revisions: {_short(err)}"
+            return {r: CheckpointError(f"{repo}@{r}", reason) for r in revisions}
         known = {ref.name: ref.target_commit for ref in [*refs.branches, *refs.tags]}
         return {
             rev: known.get(rev)
             or (rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None)  # a commit id names itself
-            or CheckpointError(f"{repo}@{rev}: no such revision")
+            or CheckpointError(f"{repo}@{rev}", "no such revision")
             for rev in revisions
         }
-    resolved: dict[str, str | CheckpointError] = {}
-    for rev in revisions:
-        try:
-            resolved[rev] = fetch_snapshot(repo, rev, cache_dir, local_only=True)[1]
-        except CheckpointError as err:
-            resolved[rev] = err
-    return resolved
+    offline = local_only or hub_offline()
+    return {
+        rev: cached_commit(repo, rev, cache_dir)
+        or CheckpointError(f"{repo}@{rev}", _not_cached(offline))
+        for rev in revisions
+    }
 
 
 def local_checkpoint(root: Path, revision: str) -> tuple[Path, str]:
     folder = root / revision
     if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: not a checkpoint folder (no config.json)")
+        raise CheckpointError(str(folder), "not a checkpoint folder (no config.json)")
     return folder, content_commit_id(folder)
 
 
@@ -109,7 +162,7 @@ def load_model(
     has_safetensors = any(folder.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise CheckpointError(
-            f"{folder}: no safetensors weights; set loading.allow_pickle_weights to load .bin"
+            str(folder), "no safetensors weights; set loading.allow_pickle_weights to load .bin"
         )
     model = AutoModelForCausalLM.from_pretrained(
         folder,

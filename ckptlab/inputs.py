@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ckptlab.corpora import documents
+from ckptlab.home import hub_cache_dir
+from ckptlab.hub_corpus import HubCorpusError, hub_documents
 from ckptlab.spec import InputSet
 
 
@@ -41,6 +43,11 @@ def source_texts(input_set: InputSet) -> tuple[str, list[str]]:
         return f"builtin:{input_set.builtin}/{input_set.split}", documents(
             input_set.builtin, input_set.split
         )
+    if input_set.hub is not None:
+        try:
+            return hub_documents(input_set.hub, hub_cache_dir())
+        except HubCorpusError as err:
+            raise InputSetError(f"input_sets.{input_set.name}.hub: {err}") from None
     path = Path(input_set.file)
     return f"file:{path}", [path.read_text(encoding="utf-8")]
 

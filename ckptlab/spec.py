@@ -135,6 +135,20 @@ ModelSource = Annotated[
 # ------------------------------------------------------------------------------- input sets
 
 
+class HubCorpus(Strict):
+    """Documents of a hub dataset: the ``field`` of every row of the files of one config and
+    split (parquet, JSON lines, JSON or text files), at a pinned revision. The files are
+    ``files`` (glob patterns) or found by the hub's layouts: ``<config>/<split>-*``,
+    ``<config>/<split>/*``, ``data/<split>-*``, ``<split>-*``, ``<split>.*``."""
+
+    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    config: str | None = None
+    split: str = "validation"
+    field: str = "text"
+    revision: str = "main"
+    files: Annotated[list[str], Field(min_length=1)] | None = None
+
+
 class InputSet(Strict):
     """Token windows cut from a corpus: ``num_sequences`` windows of ``seq_len`` tokens, their
     start offsets drawn with ``seed``. The exact token ids are stored in the results DB."""
@@ -142,6 +156,7 @@ class InputSet(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z][\w-]*$")]
     builtin: Literal["pydoc_topics", "stdlib_code"] | None = None
     file: Path | None = None
+    hub: HubCorpus | None = None  # a hub dataset (needs hub access or the hub cache)
     # Built-in corpora are split by document; pico models never train on "heldout".
     split: Literal["heldout", "train", "all"] = "heldout"
     num_sequences: PositiveInt = 16
@@ -150,8 +165,8 @@ class InputSet(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSet:
-        if (self.builtin is None) == (self.file is None):
-            raise ValueError("give exactly one of 'builtin' or 'file'")
+        if [self.builtin, self.file, self.hub].count(None) != 2:
+            raise ValueError("give exactly one of 'builtin', 'file' or 'hub'")
         return self
 
 

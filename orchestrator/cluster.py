@@ -108,8 +108,15 @@ def _job_env_vars() -> set[str]:
 def _reachable(address: str, timeout: float = 5.0) -> None:
     """A HOST:PORT (or ray://HOST:PORT) that nothing answers on fails in seconds with one
     line, instead of Ray's minutes of retries."""
-    if address == "auto":
-        return
+    if address == "auto":  # the cluster `ray start` last started here, if it still answers
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except Exception as err:
+            raise ClusterError(f"--address auto: {str(err).splitlines()[0]}") from None
+        if not address or address == "auto":
+            raise ClusterError("--address auto: no running Ray cluster found on this machine")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
@@ -148,8 +155,13 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
         ) from None
     except ConnectionError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # A cluster that refuses our token looks the same from here: say what to check.
+        if os.environ.get("RAY_AUTH_MODE") == "token":
+            hint = "; is RAY_AUTH_TOKEN the cluster's token?"
+        else:
+            hint = "; a cluster with token auth needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
         raise ClusterError(
-            f"cannot reach Ray at {choice.address} ({choice.source}): {first}"
+            f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"
         ) from None
     return True
 

@@ -70,26 +70,35 @@ def stream_forward(
     want_hidden = Need.HIDDEN_STATES in needs
     pre_norm: list[torch.Tensor] = []  # filled by the hooks during one batch, then cleared
     mlp: dict[int, torch.Tensor] = {}
+    # The hooks stay registered while batches are handed out, and analyses call the same
+    # modules (the logit lens reads every layer through the final norm): capture only
+    # inside the model's own forward.
+    capturing = False
+
+    def keep_pre_norm(_module, args) -> None:
+        if capturing:
+            pre_norm.append(args[0].detach())
+
+    def keep_mlp(block: int):
+        def hook(_module, args) -> None:
+            if capturing:
+                mlp[block] = args[0].detach()
+
+        return hook
 
     hooks = []
     if Need.PRE_FINAL_NORM in needs:
         # The final norm's input is the last block's output before the norm.
-        hooks.append(
-            final_norm_module(model).register_forward_pre_hook(
-                lambda _module, args: pre_norm.append(args[0].detach())
-            )
-        )
+        hooks.append(final_norm_module(model).register_forward_pre_hook(keep_pre_norm))
     if Need.MLP_ACTIVATIONS in needs:
         for block, module in enumerate(mlp_out_projections(model)):
-            hooks.append(
-                module.register_forward_pre_hook(
-                    lambda _module, args, block=block: mlp.__setitem__(block, args[0].detach())
-                )
-            )
+            hooks.append(module.register_forward_pre_hook(keep_mlp(block)))
     try:
         for start in range(0, token_ids.shape[0], batch_size):
             ids = token_ids[start : start + batch_size].to(device)  # [b, pos]
+            capturing = True
             out = model.base_model(input_ids=ids, output_hidden_states=want_hidden)
+            capturing = False
             batch = Batch(input_ids=ids, start=start)
             if want_hidden:
                 batch.hidden_states = tuple(h.detach() for h in out.hidden_states)

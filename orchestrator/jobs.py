@@ -231,7 +231,8 @@ def client(address: str | None):
         with _explicit_address(address):
             return JobSubmissionClient(address)
     except AuthenticationError as err:
-        reason = "refused the token" if "invalid" in str(err).lower() else "needs a token"
+        wrong = "invalid" in str(err).lower() or "incorrect" in str(err).lower()
+        reason = "refused the token" if wrong else "needs a token"
         raise SubmitError(
             f"the Ray dashboard at {where} {reason}: set RAY_AUTH_MODE=token and "
             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
@@ -301,7 +302,14 @@ def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitte
             )
         except (RuntimeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise SubmitError(f"the cluster refused the job: {first}") from None
+            hint = ""
+            if "No available agent" in first:
+                hint = (
+                    " (the head's job agent is not up: see dashboard_agent.log in its Ray "
+                    "logs; two Ray nodes on one machine need distinct "
+                    "--dashboard-agent-listen-port)"
+                )
+            raise SubmitError(f"the cluster refused the job: {first}{hint}") from None
     return Submitted(job_id, command, spec.carried, spec.notes)
 
 

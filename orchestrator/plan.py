@@ -200,9 +200,12 @@ def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str
 
 
 def tokenizer_folder(ref: CheckpointRef, hub_dir: Path) -> Path:
+    """Where the checkpoint's tokenizer is: planning fetches no weight file."""
     if ref.source == "local":
         return Path(ref.model) / ref.revision
-    return fetch_snapshot(ref.model, ref.revision, hub_dir, local_only=ref.local_only)[0]
+    return fetch_snapshot(
+        ref.model, ref.revision, hub_dir, local_only=ref.local_only, weights=False
+    )[0]
 
 
 def reference_key(commit: str, input_set_id: str, max_tokens: int, seed: int) -> str:
@@ -274,14 +277,16 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
         commit = commits[ref]
         unit = Unit(ref, None if isinstance(commit, CheckpointError) else commit)
         if unit.commit is None:
-            unit.error = str(commit)
+            unit.error = commit.reason
         elif ref.model not in input_sets and spec.input_sets:
             # Tokenized once per model with the tokenizer of its first loadable checkpoint.
             try:
                 folder = tokenizer_folder(ref, hub_dir)
                 tokenizer = load_tokenizer(folder, trust_remote_code=spec.loading.trust_remote_code)
             except Exception as err:  # this checkpoint fails; the model's next one may serve
-                unit.commit, unit.error = None, f"tokenizer: {type(err).__name__}: {err}"
+                reason = err.reason if isinstance(err, CheckpointError) else str(err)
+                first = (reason.strip().splitlines() or [type(err).__name__])[0]
+                unit.commit, unit.error = None, f"tokenizer: {first}"
             else:
                 input_sets[ref.model] = {
                     s.name: materialize(s, tokenizer, tokenizer_of=ref.model)

@@ -165,7 +165,8 @@ class _Lifecycle:
                 self.log(unit, done_here)
 
     def record_unresolved(self, unit: Unit) -> int:
-        failures = failure_rows(unit.checkpoint, None, unit.missing, f"resolve: {unit.error}")
+        error = f"resolve: {unit.checkpoint.label}: {unit.error}"
+        failures = failure_rows(unit.checkpoint, None, unit.missing, error)
         self.store.write_failures(self.run_id, failures)
         return len(failures)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from huggingface_hub import snapshot_download
@@ -59,3 +61,70 @@ def test_a_corpus_too_small_is_a_clear_error(tmp_path, tokenizer):
     path.write_text("def f(x): return x\n")
     with pytest.raises(InputSetError, match=r"input_sets.tiny: file:.* has \d+ tokens"):
         materialize(InputSet(name="tiny", file=path, num_sequences=2, seq_len=64), tokenizer, "m")
+
+
+def lay_out_dataset(cache: Path, repo: str, files: dict[str, list[str | None]]) -> str:
+    """A dataset revision in the hub cache, as huggingface_hub writes it: refs/main -> commit,
+    snapshots/<commit>/<files>. Values are the rows' ``text`` field, written as parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    commit = "d" * 40
+    storage = cache / f"datasets--{repo.replace('/', '--')}"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(commit)  # no trailing newline, as the hub writes
+    for name, rows in files.items():
+        path = storage / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": rows, "other": [1] * len(rows)}), path)
+    return commit
+
+
+def test_hub_dataset_input_sets_read_the_split_from_the_hub_cache(tmp_path, tokenizer,
+                                                                   monkeypatch):  # fmt: skip
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    lines = [f"line {i}: the {['cat', 'dog', 'fox'][i % 3]} ran {i} times." for i in range(300)]
+    commit = lay_out_dataset(
+        cache,
+        "org/wiki",
+        {
+            "wiki-raw/validation-00000-of-00001.parquet": [*lines[:150], "", None],
+            "wiki-raw/validation-00001-of-00001.parquet": lines[150:],
+            "wiki-raw/train-00000-of-00001.parquet": ["never read"] * 50,
+            "other/validation-00000-of-00001.parquet": ["nor this"] * 50,
+        },
+    )
+    corpus = {"repo": "org/wiki", "config": "wiki-raw", "split": "validation"}
+    spec = InputSet(name="wiki", hub=corpus, num_sequences=3, seq_len=16, seed=0)
+    inputs = materialize(spec, tokenizer, "m")
+    assert inputs.source == f"hub:org/wiki@{commit[:12]}/wiki-raw/validation:text"
+    eos = [tokenizer.eos_token_id]
+    stream = [i for t in lines for i in tokenizer(t, add_special_tokens=False)["input_ids"] + eos]
+    for window in inputs.token_ids.tolist():
+        starts = [s for s in range(0, len(stream) - 15, 16) if stream[s : s + 16] == window]
+        assert len(starts) == 1  # a window of the validation split's rows, in file order
+    # The content is the id: other rows, another input set.
+    other = tmp_path / "other-hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(other))
+    lay_out_dataset(other, "org/wiki", {"wiki-raw/validation-0.parquet": lines[::-1]})
+    assert materialize(spec, tokenizer, "m").input_set_id != inputs.input_set_id
+
+
+@pytest.mark.parametrize(
+    ("corpus", "message"),
+    [
+        ({"repo": "org/absent"}, "dataset org/absent@main is not in the local hub cache"),
+        ({"repo": "org/wiki", "split": "test"}, "no parquet, JSON or text file matches"),
+        ({"repo": "org/wiki", "config": "c", "field": "body"}, "body"),
+    ],
+)
+def test_a_bad_hub_dataset_is_one_line(tmp_path, tokenizer, monkeypatch, corpus, message):
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    lay_out_dataset(cache, "org/wiki", {"c/validation-0.parquet": ["some text here"] * 99})
+    spec = InputSet(name="w", hub=corpus, num_sequences=1, seq_len=8)
+    with pytest.raises(InputSetError) as caught:
+        materialize(spec, tokenizer, "m")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert str(caught.value).startswith("input_sets.w.hub: ")

@@ -173,7 +173,10 @@ def submit(
         )
     if wait:
         _follow_and_exit(jobs, submitted.job_id)
-    console.print(f"follow it: ckptlab jobs logs {submitted.job_id} --follow", highlight=False)
+    where = f" --address {address}" if address else ""
+    console.print(
+        f"follow it: ckptlab jobs logs {submitted.job_id} --follow{where}", highlight=False
+    )
 
 
 def _when(ms: int | None) -> str:

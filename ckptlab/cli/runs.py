@@ -60,14 +60,29 @@ def plan(spec_path: SpecArg, db: DbOption = None) -> None:
             str(sum(u.commit is None for u in units)),
         )
     console.print(table)
+    unresolved_count = sum(u.commit is None for u in the_plan.units)
     console.print(
         f"{len(the_plan.units)} checkpoints ({len(the_plan.todo)} with work), "
         f"{the_plan.total_cells} cells: {the_plan.total_cells - the_plan.missing_cells} done, "
         f"{the_plan.missing_cells} to compute"
+        + (f"; {unresolved_count} checkpoints unresolved" if unresolved_count else ""),
+        soft_wrap=True,
     )
+    # One line per model and reason: an offline plan of 154 Pythia steps is one line.
+    unresolved: dict[tuple[str, str], list] = {}
     for unit in the_plan.units:
         if unit.error:
-            console.print(f"[yellow]unresolved[/yellow] {unit.checkpoint.label}: {unit.error}")
+            unresolved.setdefault((unit.checkpoint.model, unit.error), []).append(unit)
+    for (model, reason), units in unresolved.items():
+        revisions = [u.checkpoint.revision for u in units]
+        shown = ", ".join(revisions[:4]) + (
+            f", ... ({len(revisions)})" if len(revisions) > 4 else ""
+        )
+        console.print(
+            f"[yellow]unresolved[/yellow] {model}: {shown}: {reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 class Executor(StrEnum):
