@@ -80,6 +80,7 @@ class CheckpointContext:
         """Logits [..., vocab] in float32 of hidden states [..., d_model] read through the final
         norm (unless ``normed``: hidden_states[L] already went through it) and the LM head."""
         weight = self.require("lm_head_weight")
+        hidden = hidden.to(weight.device)  # a model spread over GPUs keeps layers apart
         if not normed:
             hidden = self.require("final_norm")(hidden)
         return (hidden @ weight.T).float()

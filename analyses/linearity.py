@@ -60,6 +60,7 @@ class PairQR:
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:  # [n, d1], [n, d2]
         ones = torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)
+        y = y.to(x.device)  # consecutive layers may sit on different GPUs (device_map)
         m = torch.cat([ones, x.to(torch.float64), y.to(torch.float64)], dim=1)
         stacked = m if self.r is None else torch.cat([self.r, m])
         self.r = torch.linalg.qr(stacked, mode="r").R

@@ -83,8 +83,9 @@ def semantic_entropy_of_top(
     out = []
     for start in range(0, top_values.shape[1], NEURON_CHUNK):
         active = (top_values[:, start : start + NEURON_CHUNK] > 0).T  # [c, k]
-        tokens = top_tokens[:, start : start + NEURON_CHUNK].T  # [c, k]
-        unit = F.normalize(embeddings[tokens].to(torch.float64), dim=-1)  # [c, k, d]
+        tokens = top_tokens[:, start : start + NEURON_CHUNK].T.to(embeddings.device)  # [c, k]
+        unit = F.normalize(embeddings[tokens].to(torch.float64), dim=-1).to(device)  # [c, k, d]
+        tokens = tokens.to(device)
         cos = (unit @ unit.transpose(1, 2)).clamp(-1, 1)  # [c, k, k]
         pairs = (
             upper

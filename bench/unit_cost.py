@@ -93,8 +93,10 @@ def main() -> None:
             "dtype": args.dtype,
             "tokens": n_seq * args.seq_len,
             "unit_seconds": round(seconds, 3),
-            "load_seconds": round(result.load_seconds, 3),
-            "tokens_per_second": round(n_seq * args.seq_len / (seconds - result.load_seconds)),
+            "load_seconds": round(result.fetch_seconds + result.load_seconds, 3),
+            "tokens_per_second": round(
+                n_seq * args.seq_len / (seconds - result.fetch_seconds - result.load_seconds)
+            ),
             "metric_rows": len(result.metrics),
         }
         if args.device == "cuda":

@@ -164,6 +164,15 @@ def load_model(
         raise CheckpointError(
             str(folder), "no safetensors weights; set loading.allow_pickle_weights to load .bin"
         )
+    if device == "auto":  # several GPUs for one model: its layers spread across them
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            use_safetensors=has_safetensors,
+            device_map="auto",
+        )
+        return model.eval()
     model = AutoModelForCausalLM.from_pretrained(
         folder,
         dtype=DTYPES[dtype],

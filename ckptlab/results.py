@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow
+from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow, UnitRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -49,6 +49,11 @@ ALTER TABLE metrics ADD COLUMN IF NOT EXISTS item INTEGER;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS task VARCHAR;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS shots INTEGER;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS task_seed INTEGER;
+CREATE TABLE IF NOT EXISTS units (
+    run_id VARCHAR, model VARCHAR, revision VARCHAR, commit_sha VARCHAR, node VARCHAR,
+    device VARCHAR, fetch_seconds DOUBLE, load_seconds DOUBLE, compute_seconds DOUBLE,
+    started_at TIMESTAMP, finished_at TIMESTAMP, prefetch_started_at TIMESTAMP,
+    prefetch_finished_at TIMESTAMP, cells INTEGER, failed INTEGER);
 CREATE TABLE IF NOT EXISTS failures (
     run_id VARCHAR, model VARCHAR, revision VARCHAR, step BIGINT, commit_sha VARCHAR,
     analysis VARCHAR, input_set_id VARCHAR, error VARCHAR, failed_at TIMESTAMP);
@@ -213,9 +218,32 @@ class ResultStore:
         cells: list[CellRow],
         metrics: list[MetricRow],
         failures: list[FailureRow],
+        unit: UnitRow | None = None,
     ) -> None:
         """Everything one checkpoint produced, in one transaction: all of it or none."""
         with self.transaction() as con:
+            if unit is not None:
+                con.execute(
+                    "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?),"
+                    " to_timestamp(?), to_timestamp(?), to_timestamp(?), ?, ?)",
+                    [
+                        run_id,
+                        unit.model,
+                        unit.revision,
+                        unit.commit_sha,
+                        unit.node,
+                        unit.device,
+                        unit.fetch_seconds,
+                        unit.load_seconds,
+                        unit.compute_seconds,
+                        unit.started_at,
+                        unit.finished_at,
+                        unit.prefetch_started_at,
+                        unit.prefetch_finished_at,
+                        unit.cells,
+                        unit.failed,
+                    ],
+                )
             con.execute(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, now())"
                 " ON CONFLICT DO NOTHING",

@@ -44,6 +44,26 @@ class MetricRow:
 
 
 @dataclass(frozen=True)
+class UnitRow:
+    """Where and how long one checkpoint's unit ran: download, load and compute seconds."""
+
+    model: str
+    revision: str
+    commit_sha: str
+    node: str
+    device: str
+    fetch_seconds: float  # waiting for files in the unit (0 when prefetched and done)
+    load_seconds: float
+    compute_seconds: float
+    started_at: float  # epoch seconds
+    finished_at: float
+    prefetch_started_at: float | None
+    prefetch_finished_at: float | None
+    cells: int
+    failed: int
+
+
+@dataclass(frozen=True)
 class FailureRow:
     model: str
     revision: str

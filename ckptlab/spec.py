@@ -187,10 +187,17 @@ class AnalysisSpec(Strict):
 class Resources(Strict):
     workers: PositiveInt | None = None  # None: as many as the cluster's CPUs/GPUs allow
     cpus_per_worker: PositiveFloat = 1
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    # "auto": sized to each model from its config (shares of a GPU for small models, whole
+    # GPUs for large ones; none on a cluster without GPUs), or a fixed number per worker.
+    gpus_per_worker: Literal["auto"] | Annotated[float, Field(ge=0)] = "auto"
+    gpu_memory_gib: PositiveFloat | None = None  # per GPU; default: read on a GPU node
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: PositiveInt = 8
     max_retries: NonNegativeInt = 1  # Ray retries of a unit whose worker process died
+    # Bytes of checkpoints a worker may hold (prefetched next + finished, evictable) in
+    # ckptlab's own hub cache; None: no limit, nothing evicted.
+    disk_budget_gib: PositiveFloat | None = None
+    prefetch: bool = True  # download each worker's next checkpoint while it computes
 
 
 class Storage(Strict):

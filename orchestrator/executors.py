@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.cluster import choose_cluster, connect, describe
+from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 from ckptlab.spec import Resources
 
@@ -23,7 +24,9 @@ class InlineExecutor:
     """Runs units one after another in this process (debugging, tests of the lifecycle)."""
 
     def __init__(self, resources: Resources):
-        self.device = pick_device(resources.gpus_per_worker > 0)
+        self.device = pick_device(
+            resources.gpus_per_worker == "auto" or resources.gpus_per_worker > 0
+        )
         self.description = f"inline: units run one by one in this process on {self.device}"
 
     def __enter__(self) -> InlineExecutor:
@@ -32,7 +35,9 @@ class InlineExecutor:
     def __exit__(self, *exc) -> None:
         return None
 
-    def prepare(self, n_tasks: int, say: Callable[[str], None] = print) -> None:
+    def prepare(
+        self, demand=None, tasks_per_model=None, say: Callable[[str], None] = print
+    ) -> None:
         return None
 
     def pool_summary(self) -> str:
@@ -52,15 +57,23 @@ class InlineExecutor:
                 yield task, err
 
 
+ACTOR_START_S = 300.0  # how long a worker may take to start (imports, a GPU context)
+
+
 class ResourceError(RuntimeError):
     """The cluster cannot give what the spec's resources ask for."""
 
 
 class RayExecutor:
-    """One Ray actor per worker slot; each actor takes one unit (one checkpoint) at a time.
+    """Ray actors, each taking one unit (one checkpoint) at a time.
 
-    Ray restarts a worker whose process died and retries its unit (``max_retries``); an
-    exception inside a unit is recorded by the unit itself and never retried.
+    A worker's size follows its model (``placement``): units of small models share GPUs,
+    large ones get whole GPUs. Units run grouped by worker size, one pool at a time, so a
+    pool never waits for resources another holds. While an actor computes a unit, the next
+    unit it will take is already downloading (``prefetch``), and a unit whose checkpoint a
+    node's cache already holds goes to that node's actor first. Ray restarts a worker whose
+    process died and retries its unit (``max_retries``); an exception inside a unit is
+    recorded by the unit itself and never retried.
     """
 
     def __init__(
@@ -72,7 +85,9 @@ class RayExecutor:
         self.cluster = choose_cluster(address)
         self._started_ray = False
         self.description = ""
-        self.actors: list = []
+        self.shapes: dict[str, Shape] = {}  # model -> its workers' shape
+        self.pool_sizes: dict[Shape, int] = {}
+        self.pools: dict[Shape, list] = {}
 
     def __enter__(self) -> RayExecutor:
         # Tokens are not forwarded: a runtime env is visible in Ray's state API. Local
@@ -86,87 +101,174 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        for shape in list(self.pools):
+            self._stop_pool(shape)
         if self._started_ray:
             ray.shutdown()
 
-    def prepare(self, n_tasks: int, say: Callable[[str], None] = print) -> None:
-        """Size the worker pool, waiting (boundedly) for an autoscaling cluster to add the
-        nodes one worker needs; ResourceError when none can hold one."""
+    # ---------------------------------------------------------------- sizing the workers
+
+    @staticmethod
+    def _nodes() -> list[dict]:
         import ray
 
-        r = self.resources
-        deadline = time.monotonic() + self.wait_for_workers
-        if self.wait_for_workers and not self._slots():
-            from ray.autoscaler.sdk import request_resources
+        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
-            bundle = {"CPU": r.cpus_per_worker} | (
-                {"GPU": r.gpus_per_worker} if r.gpus_per_worker else {}
-            )
-            request_resources(bundles=[bundle] * (r.workers or 1))
-            say(
-                f"waiting up to {self.wait_for_workers:g}s for the cluster to add a node with "
-                f"{bundle}"
-            )
-        while not self._slots() and time.monotonic() < deadline:
-            time.sleep(5)
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        slots = self._slots()
-        if slots == 0:
-            gpus = sum(n.get("GPU", 0) for n in nodes)
-            if r.gpus_per_worker > 0 and gpus < r.gpus_per_worker:
-                raise ResourceError(
-                    f"resources.gpus_per_worker={r.gpus_per_worker} but the cluster has "
-                    f"{gpus:g} GPUs (--wait-for-workers lets an autoscaling cluster add them)"
-                )
-            largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-            raise ResourceError(
-                f"no node can hold one worker ({r.cpus_per_worker:g} CPU, "
-                f"{r.gpus_per_worker:g} GPU): the largest has {largest.get('CPU', 0):g} CPU, "
-                f"{largest.get('GPU', 0):g} GPU"
-            )
-        wanted = r.workers or slots
-        self.n_workers = max(1, min(wanted, slots, n_tasks))
-
-    def _slots(self) -> int:
-        """Workers that fit the cluster, counted node by node: an actor needs its CPUs and
-        GPUs on one node, and one that fits nowhere would wait forever."""
+    def _gpu_bytes(self) -> float | None:
+        """One GPU's memory: the spec's resources.gpu_memory_gib, else read on a GPU node."""
+        if self.resources.gpu_memory_gib:
+            return self.resources.gpu_memory_gib * 2**30
         import ray
 
-        r = self.resources
+        @ray.remote(num_gpus=GPU_STEP, num_cpus=0)
+        def gpu_memory() -> float | None:
+            import torch
+
+            return (
+                torch.cuda.get_device_properties(0).total_memory
+                if torch.cuda.is_available()
+                else None
+            )
+
+        try:
+            return ray.get(gpu_memory.remote(), timeout=120)
+        except Exception:
+            return None
+
+    def _slots(self, shape: Shape) -> int:
+        """Workers of ``shape`` that fit the cluster, counted node by node: an actor needs
+        its CPUs and GPUs on one node, and one that fits nowhere would wait forever."""
 
         def fits(node: dict) -> int:
-            slots = int(node.get("CPU", 0) // r.cpus_per_worker)
-            if r.gpus_per_worker > 0:
-                slots = min(slots, int(node.get("GPU", 0) // r.gpus_per_worker))
+            slots = int(node.get("CPU", 0) // shape.cpus + 1e-9) if shape.cpus else 1 << 30
+            gpus = node.get("GPU", 0)
+            if 0 < shape.gpus < 1:  # a share must fit inside one GPU: Ray never splits one
+                slots = min(slots, int(gpus + 1e-9) * int(1 / shape.gpus + 1e-9))
+            elif shape.gpus >= 1:
+                slots = min(slots, int(gpus // shape.gpus + 1e-9))
             return slots
 
-        return sum(fits(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
+        return sum(fits(node) for node in self._nodes())
+
+    def prepare(
+        self,
+        demand: dict[str, int] | None = None,
+        tasks_per_model: dict[str, int] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        """Size every model's workers from what one of its units needs (``demand``, bytes),
+        waiting (boundedly) for an autoscaling cluster to add a node that can hold them;
+        ResourceError (one line) when a model fits no node."""
+        r = self.resources
+        demand = demand or {}
+        tasks_per_model = tasks_per_model or dict.fromkeys(demand, 1)
+        gpu_total = sum(n.get("GPU", 0) for n in self._nodes())
+        if (
+            r.gpus_per_worker != "auto"
+            and r.gpus_per_worker > gpu_total
+            and not self.wait_for_workers
+        ):
+            raise ResourceError(
+                f"resources.gpus_per_worker={float(r.gpus_per_worker)} but the cluster has "
+                f"{gpu_total:g} GPUs (--wait-for-workers lets an autoscaling cluster add them)"
+            )
+        max_gpus = max((n.get("GPU", 0) for n in self._nodes()), default=0)
+        gpu_bytes = self._gpu_bytes() if r.gpus_per_worker == "auto" and max_gpus else None
+        if r.gpus_per_worker == "auto" and max_gpus and gpu_bytes is None:
+            say(
+                "note: the cluster declares GPUs that torch cannot see on their nodes (no "
+                "CUDA?): workers run on CPUs; set resources.gpu_memory_gib or gpus_per_worker "
+                "to place them on those GPUs"
+            )
+            max_gpus = 0
+        try:
+            self.shapes = {
+                model: worker_shape(need, r.cpus_per_worker, r.gpus_per_worker, gpu_bytes,
+                                    max_gpus)
+                for model, need in demand.items()
+            }  # fmt: skip
+        except PlacementError as err:
+            raise ResourceError(str(err)) from None
+        default = worker_shape(0, r.cpus_per_worker, r.gpus_per_worker, gpu_bytes, max_gpus)
+        self.default_shape = default
+        wanted = {default: 1} if not self.shapes else {}
+        for model, shape in self.shapes.items():
+            wanted[shape] = wanted.get(shape, 0) + tasks_per_model.get(model, 1)
+        self._wait_for(list(wanted), say)
+        self.pool_sizes = {}
+        for shape, count in wanted.items():
+            slots = self._slots(shape)
+            if slots == 0:
+                self._refuse(shape, demand, gpu_bytes)
+            self.pool_sizes[shape] = max(1, min(r.workers or slots, slots, count))
+
+    def _wait_for(self, shapes: list[Shape], say: Callable[[str], None]) -> None:
+        missing = [s for s in shapes if not self._slots(s)]
+        if not (missing and self.wait_for_workers):
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        bundles = [{"CPU": s.cpus} | ({"GPU": s.gpus} if s.gpus else {}) for s in missing]
+        request_resources(bundles=bundles)
+        say(f"waiting up to {self.wait_for_workers:g}s for the cluster to add nodes for {bundles}")
+        deadline = time.monotonic() + self.wait_for_workers
+        while any(not self._slots(s) for s in missing) and time.monotonic() < deadline:
+            time.sleep(5)
+
+    def _refuse(self, shape: Shape, demand: dict[str, int], gpu_bytes: float | None) -> None:
+        nodes = self._nodes()
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+        models = [m for m, s in self.shapes.items() if s == shape]
+        if models and shape.gpus > 1:
+            gib = demand[models[0]] / 2**30
+            per = f"{gpu_bytes / 2**30:.0f} GiB GPUs" if gpu_bytes else "GPUs"
+            raise ResourceError(
+                f"{models[0]} needs ~{gib:.1f} GiB per unit: {shape.gpus:g} {per} on one node, "
+                f"and the largest node has {largest.get('GPU', 0):g}"
+            )
+        raise ResourceError(
+            f"no node can hold one worker ({shape.describe()}): the largest has "
+            f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU"
+        )
 
     def pool_summary(self) -> str:
-        r = self.resources
-        each = f"{r.cpus_per_worker:g} CPU" + (
-            f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+        sizes = ", ".join(
+            f"{n} worker{'s' * (n != 1)} ({shape.describe()} each)"
+            for shape, n in self.pool_sizes.items()
         )
-        return f"{self.n_workers} worker{'s' * (self.n_workers != 1)} ({each} each)"
+        return sizes
 
-    def _actors(self, wanted: int) -> list:
-        """The worker pool, started once per executor and reused by every wave of units."""
+    # ---------------------------------------------------------------- the pools
+
+    def _pool(self, shape: Shape) -> list:
+        """The workers of one shape, started once and reused by every wave of units; other
+        shapes' workers are stopped first, so they never hold what this pool needs."""
         from ckptlab.orchestrator.ray_worker import CheckpointWorker
 
+        for other in [s for s in self.pools if s != shape]:
+            self._stop_pool(other)
         r = self.resources
-        while len(self.actors) < min(self.n_workers, wanted):
-            self.actors.append(
+        pool = self.pools.setdefault(shape, [])
+        while len(pool) < self.pool_sizes.get(shape, 1):
+            pool.append(
                 CheckpointWorker.options(
-                    num_cpus=r.cpus_per_worker,
-                    num_gpus=r.gpus_per_worker,
+                    num_cpus=shape.cpus,
+                    num_gpus=shape.gpus,
                     max_restarts=r.max_retries,
                     max_task_retries=r.max_retries,
-                ).remote(threads=max(1, int(r.cpus_per_worker)), want_gpu=r.gpus_per_worker > 0)
+                ).remote(
+                    threads=max(1, int(shape.cpus)),
+                    gpus=shape.gpus,
+                    disk_budget_gib=r.disk_budget_gib,
+                )
             )
-        return self.actors
+        return pool
+
+    def _stop_pool(self, shape: Shape) -> None:
+        import ray
+
+        for actor in self.pools.pop(shape, []):
+            ray.kill(actor)
 
     def run(
         self,
@@ -174,8 +276,8 @@ class RayExecutor:
         on_start: OnStart = lambda t: None,
         references: References | None = None,
     ) -> Iterator[Outcome]:
-        """Units on the pool, one per actor at a time; yields (task, result or the exception
-        that lost it) as they finish."""
+        """Units on the pools, one per actor at a time, the actor's next unit prefetched;
+        yields (task, result or the exception that lost it) as they finish."""
         import ray
 
         if not tasks:
@@ -183,29 +285,82 @@ class RayExecutor:
         # Each sketch goes into the object store once; actors read it from there (zero-copy
         # on a node) instead of receiving a copy with every task.
         stored = {key: ray.put(sketch) for key, sketch in (references or {}).items()}
+        groups: dict[Shape, list[UnitTask]] = {}
+        for task in tasks:
+            shape = self.shapes.get(task.checkpoint.model, getattr(self, "default_shape", None))
+            groups.setdefault(shape or Shape(self.resources.cpus_per_worker, 0.0), []).append(task)
+        for shape, group in groups.items():
+            yield from self._run_pool(self._pool(shape), group, on_start, stored)
+
+    def _run_pool(self, pool: list, tasks: list[UnitTask], on_start, stored) -> Iterator[Outcome]:
+        import ray
+
         queue = deque(tasks)
+        # Where each checkpoint already is: a node's actor takes the units its cache holds.
+        # This first call also tells which actors came up: one Ray cannot place is dropped.
+        keys = [(t.checkpoint.model, t.commit) for t in tasks if t.checkpoint.source == "hub"]
+        asked = {actor.cached.remote(keys): actor for actor in pool}
+        ready, pending = ray.wait(list(asked), num_returns=len(asked), timeout=ACTOR_START_S)
+        for ref in pending:
+            ray.kill(asked[ref])
+            pool.remove(asked[ref])
+        if not pool:
+            raise ResourceError(f"no worker started within {ACTOR_START_S:g}s")
+        held = []
+        refs_of = {actor: ref for ref, actor in asked.items()}
+        for actor in pool:  # in pool order: held[i] is what actor i's node holds
+            try:
+                held.append(set(map(tuple, ray.get(refs_of[actor]))))
+            except Exception:  # a worker that died at start: Ray restarts it
+                held.append(set())
+        reserved: dict = {}  # actor index -> the task it downloads now and takes next
         in_flight = {}
 
-        def submit(actor) -> None:
-            task = queue.popleft()
+        def key(task: UnitTask) -> tuple[str, str]:
+            return task.checkpoint.model, task.commit
+
+        def take(index: int) -> UnitTask | None:
+            """The next unit for actor ``index``: one its node's cache holds, else one no
+            other node holds, else the next in line."""
+            if not queue:
+                return None
+            others = set().union(*(h for j, h in enumerate(held) if j != index))
+            chosen = next((i for i, t in enumerate(queue) if key(t) in held[index]), None)
+            if chosen is None:
+                chosen = next((i for i, t in enumerate(queue) if key(t) not in others), 0)
+            task = queue[chosen]
+            del queue[chosen]
+            return task
+
+        def steal(index: int) -> UnitTask | None:
+            """At the end, an idle actor takes a unit another is only downloading."""
+            for other in list(reserved):
+                if other != index:
+                    return reserved.pop(other)
+            return None
+
+        def submit(index: int) -> None:
+            task = reserved.pop(index, None) or take(index) or steal(index)
+            if task is None:
+                return
+            upcoming = take(index) if self.resources.prefetch else None
+            if upcoming is not None:
+                reserved[index] = upcoming
             on_start(task)
             wanted = {c.reference_key for c in task.cells if c.reference_key in stored}
             # The driver's hub path may not exist on a cluster's nodes: each finds its own.
             remote = replace(task, hub_dir=None)
-            in_flight[actor.run.remote(remote, {key: stored[key] for key in wanted})] = (
-                actor,
-                task,
-            )
+            prefetch = replace(upcoming, hub_dir=None, cells=[]) if upcoming else None
+            ref = pool[index].run.remote(remote, {k: stored[k] for k in wanted}, prefetch)
+            in_flight[ref] = (index, task)
 
-        for actor in self._actors(len(tasks)):
-            if queue:
-                submit(actor)
+        for index in range(len(pool)):
+            submit(index)
         while in_flight:
             [ready], _ = ray.wait(list(in_flight), num_returns=1)
-            actor, task = in_flight.pop(ready)
+            index, task = in_flight.pop(ready)
             try:
                 yield task, ray.get(ready)
             except Exception as err:  # the worker died beyond its retries
                 yield task, err
-            if queue:
-                submit(actor)
+            submit(index)

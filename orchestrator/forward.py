@@ -66,7 +66,7 @@ def stream_forward(
     if not needs & FORWARD_NEEDS:
         return
     head = model.get_output_embeddings()
-    device = head.weight.device
+    device = model.get_input_embeddings().weight.device  # where the ids go (device_map: first)
     want_hidden = Need.HIDDEN_STATES in needs
     pre_norm: list[torch.Tensor] = []  # filled by the hooks during one batch, then cleared
     mlp: dict[int, torch.Tensor] = {}
@@ -111,7 +111,7 @@ def stream_forward(
                 logits = head(out.last_hidden_state).float()  # [b, pos, vocab], fp32 log-softmax
                 nll = F.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.shape[-1]),
-                    ids[:, 1:].reshape(-1),
+                    ids[:, 1:].reshape(-1).to(logits.device),
                     reduction="none",
                 )
                 del logits

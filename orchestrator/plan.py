@@ -22,7 +22,7 @@ from ckptlab.hub import (
     local_checkpoint,
     resolve_commits,
 )
-from ckptlab.inputs import MaterializedInputSet, materialize
+from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize
 from ckptlab.spec import (
     HubModels,
     LocalModels,
@@ -100,6 +100,7 @@ class Plan:
     input_sets: dict[str, dict[str, MaterializedInputSet]]  # model -> input set name -> tokens
     references: dict[str, ReferenceSpec] = field(default_factory=dict)
     reference_errors: dict[str, str] = field(default_factory=dict)  # model -> why none
+    model_configs: dict[str, dict] = field(default_factory=dict)  # model -> its config.json
 
     @property
     def total_cells(self) -> int:
@@ -273,25 +274,36 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     units: list[Unit] = []
     references: dict[str, ReferenceSpec] = {}
 
+    model_configs: dict[str, dict] = {}
     for ref in refs:
         commit = commits[ref]
         unit = Unit(ref, None if isinstance(commit, CheckpointError) else commit)
         if unit.commit is None:
             unit.error = commit.reason
-        elif ref.model not in input_sets and spec.input_sets:
-            # Tokenized once per model with the tokenizer of its first loadable checkpoint.
+        elif ref.model not in model_configs:
+            # Read once per model from its first loadable checkpoint (config and tokenizer
+            # files only): the config sizes its workers, the tokenizer cuts its input sets.
             try:
                 folder = tokenizer_folder(ref, hub_dir)
-                tokenizer = load_tokenizer(folder, trust_remote_code=spec.loading.trust_remote_code)
+                config = folder / "config.json"
+                model_configs[ref.model] = (
+                    json.loads(config.read_text()) if config.is_file() else {}
+                )
+                if spec.input_sets:
+                    tokenizer = load_tokenizer(
+                        folder, trust_remote_code=spec.loading.trust_remote_code
+                    )
+                    input_sets[ref.model] = {
+                        s.name: materialize(s, tokenizer, tokenizer_of=ref.model)
+                        for s in spec.input_sets
+                    }
+            except InputSetError:
+                raise
             except Exception as err:  # this checkpoint fails; the model's next one may serve
+                model_configs.pop(ref.model, None)
                 reason = err.reason if isinstance(err, CheckpointError) else str(err)
                 first = (reason.strip().splitlines() or [type(err).__name__])[0]
                 unit.commit, unit.error = None, f"tokenizer: {first}"
-            else:
-                input_sets[ref.model] = {
-                    s.name: materialize(s, tokenizer, tokenizer_of=ref.model)
-                    for s in spec.input_sets
-                }
         for entry in spec.analyses:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)
@@ -353,4 +365,4 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
         unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
     needed = {c.reference_key for u in units for c in u.missing if c.reference_key}
     references = {k: v for k, v in references.items() if k in needed}
-    return Plan(spec, units, input_sets, references, reference_errors)
+    return Plan(spec, units, input_sets, references, reference_errors, model_configs)

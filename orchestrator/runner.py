@@ -21,9 +21,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import code_version
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage
+from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, Unit, build_plan
 from ckptlab.orchestrator.sketches import (
     cached_sketches,
@@ -33,7 +35,7 @@ from ckptlab.orchestrator.sketches import (
 )
 from ckptlab.orchestrator.worker import SketchRequest, UnitResult, UnitTask, failure_rows
 from ckptlab.results import ResultStore
-from ckptlab.rows import CheckpointRow
+from ckptlab.rows import CheckpointRow, UnitRow
 from ckptlab.spec import Spec
 
 
@@ -84,6 +86,25 @@ def _task(
         reference_errors=plan.reference_errors | reference_errors,
         sketches=sketches,
     )
+
+
+def _demand(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes one unit of each model needs (its config, the dtype, one batch, the analyses'
+    states), and how many units each model has to run."""
+    spec = plan.spec
+    needs = set().union(*(get_analysis(a.name).needs for a in spec.analyses))
+    seq_len = max((s.seq_len for s in spec.input_sets), default=0)
+    per_model: dict[str, int] = {}
+    for unit in plan.todo:
+        if unit.commit is not None:
+            per_model[unit.checkpoint.model] = per_model.get(unit.checkpoint.model, 0) + 1
+    demand = {}
+    for model in per_model:
+        config = plan.model_configs.get(model)
+        if config:
+            r = spec.resources
+            demand[model] = unit_bytes(config, r.dtype, r.batch_size, seq_len, needs)
+    return demand, per_model
 
 
 def _checkpoint_row(unit: Unit) -> CheckpointRow:
@@ -172,8 +193,32 @@ class _Lifecycle:
 
     def persist(self, unit: Unit, result: UnitResult) -> None:
         """Everything the unit produced in one transaction; its cell rows mark it done."""
+        timing = None
+        if result.started_at:  # a unit that ran (a lost one has no timings)
+            ref = unit.checkpoint
+            timing = UnitRow(
+                ref.model,
+                ref.revision,
+                unit.commit,
+                result.node or "driver",
+                result.device,
+                result.fetch_seconds,
+                result.load_seconds,
+                result.compute_seconds,
+                result.started_at,
+                result.finished_at,
+                result.prefetch_started_at,
+                result.prefetch_finished_at,
+                len(result.cells),
+                len(result.failures),
+            )
         self.store.write_unit(
-            self.run_id, _checkpoint_row(unit), result.cells, result.metrics, result.failures
+            self.run_id,
+            _checkpoint_row(unit),
+            result.cells,
+            result.metrics,
+            result.failures,
+            timing,
         )
         values: dict[str, list[tuple]] = {}
         for m in result.metrics:
@@ -238,8 +283,11 @@ def run_plan(
     units = {u.checkpoint: u for u in plan.units}
     with executor:
         # Resource errors surface before anything is written.
-        executor.prepare(len(plan.todo), lambda line: console.print(line, highlight=False))
-        console.print(f"{executor.description}; {executor.pool_summary()}", highlight=False)
+        demand, per_model = _demand(plan)
+        executor.prepare(demand, per_model, lambda line: console.print(line, highlight=False))
+        console.print(
+            f"{executor.description}; {executor.pool_summary()}", highlight=False, soft_wrap=True
+        )
         references = cached_sketches(plan, sketch_dir)
         requests = sketch_requests(plan, references)
         reference_errors: dict[str, str] = {}

@@ -59,9 +59,20 @@ class UnitResult:
     failures: list[FailureRow] = field(default_factory=list)
     sketches: dict[str, ReferenceSketch] = field(default_factory=dict)
     sketch_errors: dict[str, str] = field(default_factory=dict)
-    load_seconds: float = 0.0
-    seconds: float = 0.0
+    fetch_seconds: float = 0.0  # waiting for the checkpoint's files (download or cache)
+    load_seconds: float = 0.0  # from_pretrained onto the device
+    seconds: float = 0.0  # the whole unit, fetch and load included
     device: str = "cpu"
+    started_at: float = 0.0  # epoch seconds
+    finished_at: float = 0.0
+    node: str = ""
+    # Set by a worker that prefetched this unit's checkpoint during its previous unit.
+    prefetch_started_at: float | None = None
+    prefetch_finished_at: float | None = None
+
+    @property
+    def compute_seconds(self) -> float:
+        return max(0.0, self.seconds - self.fetch_seconds - self.load_seconds)
 
 
 def failure_rows(
@@ -74,8 +85,12 @@ def failure_rows(
     ]
 
 
-def pick_device(want_gpu: bool) -> str:
-    return "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
+def pick_device(want_gpu: bool, gpus: float = 1) -> str:
+    """cuda when GPUs were asked for and exist; "auto" (device_map) when a worker holds
+    several; cpu otherwise."""
+    if not (want_gpu and torch.cuda.is_available()):
+        return "cpu"
+    return "auto" if gpus > 1 and torch.cuda.device_count() > 1 else "cuda"
 
 
 def _one_line(err: BaseException) -> str:
@@ -84,8 +99,10 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}".replace("\n", " ")[:2000]
 
 
-def load_checkpoint(task: UnitTask, device: str):
-    """(model, tokenizer) of the task's checkpoint, verified against the planned commit."""
+def load_checkpoint(task: UnitTask, device: str, timing: UnitResult | None = None):
+    """(model, tokenizer) of the task's checkpoint, verified against the planned commit;
+    ``timing`` gets the seconds spent fetching files and loading them."""
+    started = time.perf_counter()
     ref = task.checkpoint
     if ref.source == "local":
         folder, commit = local_checkpoint(Path(ref.model), ref.revision)
@@ -99,6 +116,7 @@ def load_checkpoint(task: UnitTask, device: str):
         )
     if commit != task.commit:
         raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
+    fetched = time.perf_counter()
     model = load_model(
         folder,
         task.dtype,
@@ -106,7 +124,11 @@ def load_checkpoint(task: UnitTask, device: str):
         trust_remote_code=task.trust_remote_code,
         allow_pickle=task.allow_pickle,
     )
-    return model, load_tokenizer(folder, trust_remote_code=task.trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code=task.trust_remote_code)
+    if timing is not None:
+        timing.fetch_seconds = fetched - started
+        timing.load_seconds = time.perf_counter() - fetched
+    return model, tokenizer
 
 
 @dataclass
@@ -232,18 +254,18 @@ def run_unit(
     task: UnitTask, device: str, references: dict[str, ReferenceSketch] | None = None
 ) -> UnitResult:
     ref = task.checkpoint
-    result = UnitResult(ref, task.commit, device=device)
+    result = UnitResult(ref, task.commit, device=device, started_at=time.time())
     started = time.perf_counter()
     references = references or {}
     try:
-        model, tokenizer = load_checkpoint(task, device)
+        model, tokenizer = load_checkpoint(task, device, result)
     except Exception as err:
         result.failures += failure_rows(ref, task.commit, task.cells, f"load: {_one_line(err)}")
         for r in task.sketches:
             result.sketch_errors[r.key] = f"load: {_one_line(err)}"
         result.seconds = time.perf_counter() - started
+        result.finished_at = time.time()
         return result
-    result.load_seconds = time.perf_counter() - started
 
     # Group cells by input set: one pass per group; sketch requests join their input set's.
     groups: dict[str | None, list[Cell]] = {r.input_set: [] for r in task.sketches}
@@ -273,4 +295,5 @@ def run_unit(
                     step.forward_failed(err)
             step.finish()
     result.seconds = time.perf_counter() - started
+    result.finished_at = time.time()
     return result

@@ -72,6 +72,8 @@ class LoopbackCluster:
     head_cpus: int = 1
     # One dict of `ray start` resources per worker node, e.g. {"num_gpus": 1, "num_cpus": 2}.
     workers: list[dict] = field(default_factory=list)
+    # Per worker node, environment variables of its own (e.g. a CKPTLAB_HOME per node).
+    worker_envs: list[dict] = field(default_factory=list)
     client_server: bool = False
     nodes: list[Node] = field(default_factory=list)
 
@@ -89,7 +91,7 @@ class LoopbackCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, name: str, args: list[str]) -> Node:
+    def _start(self, name: str, args: list[str], env: dict | None = None) -> Node:
         temp_dir = self.root / name
         temp_dir.mkdir()
         log = self.root / f"{name}.log"
@@ -106,7 +108,7 @@ class LoopbackCluster:
                     f"--dashboard-agent-listen-port={free_port()}",
                     *args,
                 ],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -138,7 +140,8 @@ class LoopbackCluster:
             for i, resources in enumerate(self.workers):
                 args = [f"--address={self.gcs}"]
                 args += [f"--{k.replace('_', '-')}={v}" for k, v in resources.items()]
-                self._start(f"worker{i}", args)
+                env = self.worker_envs[i] if i < len(self.worker_envs) else None
+                self._start(f"worker{i}", args, env)
             self.wait_for_nodes(1 + len(self.workers))
         except BaseException:
             self.__exit__()

@@ -1,0 +1,98 @@
+"""Prefetch and the disk budget, against a throttled hub of our own: a worker's next
+checkpoint downloads while it computes (the recorded timings overlap), and a disk budget
+evicts finished downloads from ckptlab's own cache, never from a user's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckptlab.results import ResultStore
+
+from fake_hub import FakeHub
+
+pytestmark = pytest.mark.slow
+
+CKPTLAB = str(Path(sys.executable).parent / "ckptlab")
+REVISIONS = ["step0", "step4", "step16", "step64", "step100"]
+SPEC = f"""
+name: prefetch
+models: [{{repo: remote/pico-s, revisions: {REVISIONS}}}]
+input_sets: [{{name: prose, builtin: pydoc_topics, num_sequences: 8, seq_len: 64}}]
+analyses: [{{name: saturation}}, {{name: linearity}}, {{name: neuron_entropy}}]
+resources: {{workers: 1, gpus_per_worker: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(pico_hub):
+    storage = pico_hub / "models--pico--pico-s"
+    folders = {r: storage / "snapshots" / (storage / "refs" / r).read_text() for r in REVISIONS}
+    with FakeHub() as server:
+        server.add_model("remote/pico-s", folders)
+        weights = (folders["step0"] / "model.safetensors").stat().st_size
+        server.bytes_per_second = weights / 1.5  # each checkpoint takes ~1.5 s to download
+        yield server
+
+
+def run(hub: FakeHub, home: Path, spec: str, cwd: Path, **env_extra) -> subprocess.CompletedProcess:
+    (cwd / "spec.yaml").write_text(spec)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "HF_"))}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "CKPTLAB_HOME": str(home), **env_extra}  # fmt: skip
+    return subprocess.run(
+        [CKPTLAB, "run", "spec.yaml"], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def units(home: Path):
+    return (
+        ResultStore(home / "results.duckdb")
+        .query(
+            "SELECT revision, epoch(started_at) AS started, epoch(finished_at) AS finished,"
+            " epoch(prefetch_started_at) AS p_start, epoch(prefetch_finished_at) AS p_end,"
+            " fetch_seconds, compute_seconds, cells FROM units ORDER BY started_at"
+        )
+        .to_dicts()
+    )
+
+
+def test_the_next_checkpoint_downloads_while_this_one_computes(hub, tmp_path):
+    home = tmp_path / "home"
+    done = run(hub, home, SPEC, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = units(home)
+    assert [r["cells"] for r in rows] == [3] * len(REVISIONS)
+    first, *later = rows
+    assert first["p_start"] is None and first["fetch_seconds"] > 1.0  # nothing to prefetch yet
+    for previous, unit in zip(rows, later, strict=False):
+        # Its download began while the previous unit ran, before that one finished...
+        assert previous["started"] <= unit["p_start"] < previous["finished"], unit
+        # ...so the unit itself waited less than the download took.
+        download = unit["p_end"] - unit["p_start"]
+        assert download > 1.0 and unit["fetch_seconds"] < download, unit
+
+
+def test_a_disk_budget_evicts_finished_downloads_from_ckptlabs_own_cache(hub, tmp_path):
+    weights = 0.7 * 2**20  # one pico-s revision: ~0.66 MB of safetensors
+    spec = SPEC.replace(
+        "gpus_per_worker: 0}", f"gpus_per_worker: 0, disk_budget_gib: {2 * weights / 2**30}}}"
+    )
+    home = tmp_path / "home"
+    done = run(hub, home, spec, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ResultStore(home / "results.duckdb").query("SELECT count(*) FROM cells").item() == 15
+    kept = list((home / "hub" / "models--remote--pico-s" / "snapshots").glob("*/model.safetensors"))
+    assert 1 <= len(kept) <= 2  # the budget holds two revisions; the rest were evicted
+
+    # A user's own cache is never evicted from.
+    user_cache = tmp_path / "user-hf-cache"
+    again = run(hub, tmp_path / "home2", spec, tmp_path, HF_HUB_CACHE=str(user_cache))
+    assert again.returncode == 0, again.stdout + again.stderr
+    kept = list((user_cache / "models--remote--pico-s" / "snapshots").glob("*/model.safetensors"))
+    assert len(kept) == len(REVISIONS)
