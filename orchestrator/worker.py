@@ -200,6 +200,7 @@ class _Pass:
                 running.seconds += time.perf_counter() - started
             for sample in self.samples.values():
                 sample.add(batch, batch.require("hidden_states"))
+            del batch  # the next batch is computed with this one released
 
     def forward_failed(self, err: Exception) -> None:
         self.fail([r.cell for r in self.running.values()], f"forward: {_one_line(err)}")
