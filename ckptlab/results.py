@@ -71,6 +71,19 @@ LEFT JOIN runs r ON r.run_id = c.run_id;
 """
 
 LOCK_WAIT_S = 60.0
+_CELL_COLUMNS = {
+    "cell_key": pl.String,
+    "commit_sha": pl.String,
+    "analysis": pl.String,
+    "analysis_version": pl.Int32,
+    "params_json": pl.String,
+    "params_hash": pl.String,
+    "input_set_id": pl.String,
+    "run_id": pl.String,
+    "device": pl.String,
+    "dtype": pl.String,
+    "seconds": pl.Float64,
+}
 
 
 def _is_lock_conflict(err: Exception) -> bool:
@@ -258,28 +271,37 @@ class ResultStore:
                 ],
             )
             inserted: set[str] = set()
-            for cell in cells:
+            if cells:
+                frame = pl.DataFrame(
+                    [
+                        (
+                            c.cell_key,
+                            c.commit_sha,
+                            c.analysis,
+                            c.analysis_version,
+                            c.params_json,
+                            c.params_hash,
+                            c.input_set_id,
+                            run_id,
+                            c.device,
+                            c.dtype,
+                            c.seconds,
+                        )
+                        for c in cells
+                    ],
+                    schema=_CELL_COLUMNS,
+                    orient="row",
+                )
+                con.register("new_cells", frame)
                 # A concurrent run may have stored the same cell already: keep the first.
-                inserted |= {
+                inserted = {
                     row[0]
                     for row in con.execute(
-                        "INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())"
-                        " ON CONFLICT DO NOTHING RETURNING cell_key",
-                        [
-                            cell.cell_key,
-                            cell.commit_sha,
-                            cell.analysis,
-                            cell.analysis_version,
-                            cell.params_json,
-                            cell.params_hash,
-                            cell.input_set_id,
-                            run_id,
-                            cell.device,
-                            cell.dtype,
-                            cell.seconds,
-                        ],
+                        "INSERT INTO cells SELECT *, now() FROM new_cells"
+                        " ON CONFLICT DO NOTHING RETURNING cell_key"
                     ).fetchall()
                 }
+                con.unregister("new_cells")
             metrics = [m for m in metrics if m.cell_key in inserted]
             if metrics:
                 frame = pl.DataFrame(
