@@ -46,6 +46,24 @@ def content_commit_id(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(folder: Path) -> str | None:
+    """A sha256 of a checkpoint's weight files: each file's own sha256 (a hub-cache file is a
+    link to its blob, named by that digest, so nothing is read), combined in name order."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not files:
+        return None
+    combined = hashlib.sha256()
+    for path in files:
+        target = path.resolve()
+        if re.fullmatch(r"[0-9a-f]{64}", target.name):
+            digest = target.name
+        else:
+            with path.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        combined.update(f"{path.name}:{digest}\n".encode())
+    return combined.hexdigest()
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 

@@ -3,10 +3,12 @@ model, metrics logged with ``step`` = training step so the UI draws curves over 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import time
+import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -19,6 +21,11 @@ _BAD_KEY_CHARS = re.compile(r"[^\w\-./ ]")
 def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # A tracking server that does not answer must not hold a run for minutes: MLflow's
+    # defaults retry 7 times with a backoff factor of 2 and a 120 s timeout per request.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     import mlflow  # noqa: F401  -- mlflow configures its logger on import; quiet it after
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -48,6 +55,13 @@ def metric_key(
     return _BAD_KEY_CHARS.sub("_", "/".join(parts))
 
 
+def faceted_metric_name(metric: str, task: str | None, shots: int | None, seed: int | None) -> str:
+    """An MLflow name for a value with ICL facets: ``category/accuracy/shots_4/seed_0``."""
+    if task is None:
+        return metric
+    return f"{task}/{metric}/shots_{shots}/seed_{seed}"
+
+
 def flatten(value, prefix: str = "") -> dict[str, str]:
     if isinstance(value, dict):
         out: dict[str, str] = {}
@@ -70,6 +84,37 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     return None
 
 
+def reachable(tracking_uri: str, timeout: float = 5.0) -> str | None:
+    """None when the tracking store answers, else why not (one line). Only HTTP servers can
+    be away; a local store is a file."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            return None
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        return f"MLflow at {tracking_uri} unreachable: {reason}"
+
+
+def _guarded(method):
+    """Lineage never stops a run: the first MLflow error marks it pending (``ckptlab sync``
+    logs it later from DuckDB) and later calls do nothing."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.pending:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            self.pending = f"MLflow at {self.tracking_uri}: {type(err).__name__}: {first}"
+            return None
+
+    return wrapper
+
+
 class Lineage:
     def __init__(self, tracking_uri: str, spec: Spec, spec_text: str, run_id: str, code: str):
         quiet_mlflow()
@@ -84,7 +129,9 @@ class Lineage:
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
         self.multi_input = len(spec.input_sets) > 1
+        self.pending: str | None = reachable(tracking_uri)  # why lineage is not logged now
 
+    @_guarded
     def start(self) -> str:
         client = self.client
         experiment = client.get_experiment_by_name(self.spec.name)
@@ -128,6 +175,7 @@ class Lineage:
             self.children[model] = run.info.run_id
         return self.children[model]
 
+    @_guarded
     def log_checkpoint(self, ref, commit: str, values: list[tuple]) -> None:
         """values: (label, analysis, metric, layer, input_set, value) of one checkpoint."""
         from mlflow.entities import Metric, RunTag
@@ -149,9 +197,12 @@ class Lineage:
                 run_id, metrics=metrics[i : i + 1000], tags=tags if i == 0 else []
             )
 
+    @_guarded
     def finish(self, status: str, counts: dict[str, int]) -> None:
         for key, value in counts.items():
             self.client.set_tag(self.parent_id, f"ckptlab.{key}", str(value))
         for child in self.children.values():
             self.client.set_terminated(child, status)
+        # Last: a parent without it was cut short (ckptlab sync replaces such a run).
+        self.client.set_tag(self.parent_id, "ckptlab.lineage", "complete")
         self.client.set_terminated(self.parent_id, status)

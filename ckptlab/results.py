@@ -13,6 +13,10 @@ query`` works while a run is going.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import tenacity
 
 from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow, UnitRow
 
@@ -49,6 +54,11 @@ ALTER TABLE metrics ADD COLUMN IF NOT EXISTS item INTEGER;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS task VARCHAR;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS shots INTEGER;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS task_seed INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMP;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS trust_remote_code BOOLEAN;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS lineage VARCHAR;
 CREATE TABLE IF NOT EXISTS units (
     run_id VARCHAR, model VARCHAR, revision VARCHAR, commit_sha VARCHAR, node VARCHAR,
     device VARCHAR, fetch_seconds DOUBLE, load_seconds DOUBLE, compute_seconds DOUBLE,
@@ -57,9 +67,13 @@ CREATE TABLE IF NOT EXISTS units (
 CREATE TABLE IF NOT EXISTS failures (
     run_id VARCHAR, model VARCHAR, revision VARCHAR, step BIGINT, commit_sha VARCHAR,
     analysis VARCHAR, input_set_id VARCHAR, error VARCHAR, failed_at TIMESTAMP);
+ALTER TABLE failures ADD COLUMN IF NOT EXISTS cell_key VARCHAR;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS weights_sha256 VARCHAR;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
+ALTER TABLE units ADD COLUMN IF NOT EXISTS batch_size INTEGER;
 CREATE OR REPLACE VIEW results AS
 SELECT ch.model, ch.revision, ch.step, c.analysis, m.layer, m.metric, m.value, m.item,
-       m.task, m.shots, m.task_seed,
+       m.task, m.shots, m.task_seed, ch.duplicate_of,
        ch.suite, ch.size, ch.seed, c.commit_sha, i.name AS input_set, c.input_set_id,
        c.analysis_version, c.params_hash, c.params_json, c.dtype, r.spec_name, r.spec_hash,
        c.run_id, c.cell_key, c.computed_at
@@ -86,8 +100,41 @@ _CELL_COLUMNS = {
 }
 
 
-def _is_lock_conflict(err: Exception) -> bool:
-    return "lock" in str(err).lower()
+def _is_lock_conflict(err: BaseException) -> bool:
+    return isinstance(err, duckdb.IOException | duckdb.ConnectionException) and (
+        "lock" in str(err).lower()
+    )
+
+
+def _holder(err: BaseException) -> str:
+    """Who holds the file, from DuckDB's message: 'held in /usr/bin/python3 (PID 42)'."""
+    found = re.search(r"held in (\S+) \(PID (\d+)\)", str(err))
+    return f"PID {found.group(2)}, {Path(found.group(1)).name}" if found else "another process"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class QueryRefused(ValueError):
+    """A user query that ckptlab will not run; ``str(err)`` is one line."""
+
+
+READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+class ResultsBusy(RuntimeError):
+    """Another process holds the results file beyond the wait; ``str(err)`` is one line."""
+
+
+def lock_wait_s() -> float:
+    return float(os.environ.get("CKPTLAB_LOCK_WAIT_S", LOCK_WAIT_S))
 
 
 class ResultStore:
@@ -97,17 +144,38 @@ class ResultStore:
     # ------------------------------------------------------------------ connections
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        config = {"enable_external_access": False} if read_only else {}
-        deadline = time.monotonic() + LOCK_WAIT_S
-        delay = 0.01
-        while True:
-            try:
-                return duckdb.connect(str(self.path), read_only=read_only, config=config)
-            except (duckdb.IOException, duckdb.ConnectionException) as err:
-                if not _is_lock_conflict(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
+        """A connection, waiting a bounded time (CKPTLAB_LOCK_WAIT_S, default 60 s) while
+        another process holds the file, and saying so once the wait is noticeable."""
+        # Readers reach no file, network or extension, and cannot change that setting.
+        config = {"enable_external_access": False, "lock_configuration": True} if read_only else {}
+        started = time.monotonic()
+        said = []
+
+        def waiting(state: tenacity.RetryCallState) -> None:
+            if not said and time.monotonic() - started > 1.0:
+                holder = _holder(state.outcome.exception())
+                sys.stderr.write(
+                    f"waiting up to {lock_wait_s():g}s for {self.path}: held by {holder}\n"
+                )
+                said.append(True)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_lock_conflict),
+            wait=tenacity.wait_exponential(multiplier=0.01, max=1.0),
+            stop=tenacity.stop_after_delay(lock_wait_s()),
+            before_sleep=waiting,
+            reraise=True,
+        )
+        try:
+            return retrying(duckdb.connect, str(self.path), read_only=read_only, config=config)
+        except (duckdb.IOException, duckdb.ConnectionException) as err:
+            if not _is_lock_conflict(err):
+                raise
+            raise ResultsBusy(
+                f"{self.path} is held by {_holder(err)} (a notebook's connection?): close it, "
+                "or query with `ckptlab query` (it holds the file only per query); finished "
+                "units are stored, a rerun resumes"
+            ) from None
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -148,6 +216,27 @@ class ResultStore:
                 return pl.DataFrame()
             return pl.from_arrow(relation.to_arrow_table())
 
+    def user_query(self, sql: str) -> pl.DataFrame:
+        """A user's SQL (``ckptlab query``): one SELECT-like statement (SELECT, WITH, FROM,
+        DESCRIBE, SHOW, SUMMARIZE, EXPLAIN), on a read-only connection that can reach no
+        file, network or extension. Anything else is a one-line QueryRefused."""
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as err:
+            raise QueryRefused(str(err).splitlines()[0]) from None
+        if len(statements) != 1:
+            raise QueryRefused(
+                f"one statement at a time ({len(statements)} given): ckptlab query runs a "
+                "single SELECT"
+            )
+        kind = statements[0].type
+        if kind not in READ_STATEMENTS:
+            raise QueryRefused(
+                f"ckptlab query is read-only: {kind.name} statements are refused (only "
+                "SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+            )
+        return self.query(sql)
+
     def done_cell_keys(self, keys: list[str]) -> set[str]:
         if not keys or not self.path.exists():
             return set()
@@ -162,15 +251,71 @@ class ResultStore:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def failed(self) -> tuple[set[str], set[tuple[str, str]]]:
+        """(cell keys, (model, revision) of unresolved checkpoints) that failed before."""
+        if not self.path.exists():
+            return set(), set()
+        with self.reader() as con:
+            if not con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'failures'"
+            ).fetchone()[0]:
+                return set(), set()
+            rows = con.execute("SELECT cell_key, model, revision FROM failures").fetchall()
+        return {k for k, _, _ in rows if k}, {(m, r) for k, m, r in rows if not k}
+
+    def duplicates(self, model: str, revision: str) -> str | None:
+        """The earlier revision whose weights this one repeats, if any."""
+        with self.reader() as con:
+            row = con.execute(
+                "SELECT duplicate_of FROM checkpoints WHERE model = ? AND revision = ?",
+                [model, revision],
+            ).fetchone()
+        return row[0] if row else None
+
     # ---------------------------------------------------------------------- writing
 
-    def start_run(self, run_id: str, spec_name: str, spec_hash: str, spec_yaml: str, code: str):
+    def start_run(
+        self,
+        run_id: str,
+        spec_name: str,
+        spec_hash: str,
+        spec_yaml: str,
+        code: str,
+        trust_remote_code: bool = False,
+    ):
         with self.transaction() as con:
             con.execute(
                 "INSERT INTO runs (run_id, spec_name, spec_hash, spec_yaml, code_version, status,"
-                " started_at) VALUES (?, ?, ?, ?, ?, 'running', now())",
-                [run_id, spec_name, spec_hash, spec_yaml, code],
-            )
+                " started_at, heartbeat_at, host, pid, trust_remote_code)"
+                " VALUES (?, ?, ?, ?, ?, 'running', now(), now(), ?, ?, ?)",
+                [run_id, spec_name, spec_hash, spec_yaml, code, socket.gethostname(),
+                 os.getpid(), trust_remote_code],
+            )  # fmt: skip
+
+    def mark_dead_runs(self, stale_after_s: float = 3600.0) -> list[str]:
+        """Runs still marked running whose driver is gone: on this host, its process no
+        longer exists; elsewhere, no unit for ``stale_after_s``. They become 'killed'."""
+        if not self.path.exists():
+            return []
+        with self.transaction() as con:
+            running = con.execute(
+                "SELECT run_id, host, pid, epoch(now() - coalesce(heartbeat_at, started_at))"
+                " FROM runs WHERE status = 'running'"
+            ).fetchall()
+            here = socket.gethostname()
+            dead = [
+                run_id
+                for run_id, host, pid, idle in running
+                if (host == here and pid and not _pid_alive(pid))
+                or (host != here and idle > stale_after_s)
+            ]
+            for run_id in dead:
+                con.execute(
+                    "UPDATE runs SET status = 'killed', finished_at = coalesce(heartbeat_at,"
+                    " started_at) WHERE run_id = ?",
+                    [run_id],
+                )
+        return dead
 
     def finish_run(
         self,
@@ -180,12 +325,22 @@ class ResultStore:
         cached: int,
         failed: int,
         mlflow_run_id: str | None,
+        lineage: str = "logged",
     ):
         with self.transaction() as con:
             con.execute(
                 "UPDATE runs SET status = ?, cells_computed = ?, cells_cached = ?,"
-                " cells_failed = ?, mlflow_run_id = ?, finished_at = now() WHERE run_id = ?",
-                [status, computed, cached, failed, mlflow_run_id, run_id],
+                " cells_failed = ?, mlflow_run_id = ?, lineage = ?, finished_at = now()"
+                " WHERE run_id = ?",
+                [status, computed, cached, failed, mlflow_run_id, lineage, run_id],
+            )
+
+    def set_lineage(self, run_id: str, lineage: str, mlflow_run_id: str | None) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE runs SET lineage = ?, mlflow_run_id = coalesce(?, mlflow_run_id)"
+                " WHERE run_id = ?",
+                [lineage, mlflow_run_id, run_id],
             )
 
     def write_input_set(self, inputs, num_sequences: int, seq_len: int) -> None:
@@ -235,10 +390,11 @@ class ResultStore:
     ) -> None:
         """Everything one checkpoint produced, in one transaction: all of it or none."""
         with self.transaction() as con:
+            con.execute("UPDATE runs SET heartbeat_at = now() WHERE run_id = ?", [run_id])
             if unit is not None:
                 con.execute(
                     "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?),"
-                    " to_timestamp(?), to_timestamp(?), to_timestamp(?), ?, ?)",
+                    " to_timestamp(?), to_timestamp(?), to_timestamp(?), ?, ?, ?)",
                     [
                         run_id,
                         unit.model,
@@ -255,10 +411,12 @@ class ResultStore:
                         unit.prefetch_finished_at,
                         unit.cells,
                         unit.failed,
+                        unit.batch_size,
                     ],
                 )
             con.execute(
-                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, now())"
+                "INSERT INTO checkpoints (model, revision, step, commit_sha, suite, size, seed,"
+                " first_seen, weights_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?)"
                 " ON CONFLICT DO NOTHING",
                 [
                     checkpoint.model,
@@ -268,8 +426,11 @@ class ResultStore:
                     checkpoint.suite,
                     checkpoint.size,
                     checkpoint.seed,
+                    checkpoint.weights_sha256,
                 ],
             )
+            if checkpoint.weights_sha256:
+                _flag_duplicates(con, checkpoint.model, checkpoint.weights_sha256)
             inserted: set[str] = set()
             if cells:
                 frame = pl.DataFrame(
@@ -345,10 +506,24 @@ class ResultStore:
             _insert_failures(con, run_id, failures)
 
 
+def _flag_duplicates(con: duckdb.DuckDBPyConnection, model: str, digest: str) -> None:
+    """Revisions of one model with byte-identical weights (a known defect of public suites:
+    Pythia #205, OLMo #915): every one but the earliest points at the earliest."""
+    con.execute(
+        "UPDATE checkpoints SET duplicate_of = first.revision FROM (SELECT revision, step"
+        " FROM checkpoints WHERE model = ? AND weights_sha256 = ? ORDER BY step, revision"
+        " LIMIT 1) AS first WHERE checkpoints.model = ? AND checkpoints.weights_sha256 = ?"
+        " AND checkpoints.revision != first.revision",
+        [model, digest, model, digest],
+    )
+
+
 def _insert_failures(con: duckdb.DuckDBPyConnection, run_id: str, failures: list[FailureRow]):
     for f in failures:
         con.execute(
-            "INSERT INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+            "INSERT INTO failures (run_id, model, revision, step, commit_sha, analysis,"
+            " input_set_id, error, failed_at, cell_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
             [
                 run_id,
                 f.model,
@@ -358,5 +533,6 @@ def _insert_failures(con: duckdb.DuckDBPyConnection, run_id: str, failures: list
                 f.analysis,
                 f.input_set_id,
                 f.error,
+                f.cell_key,
             ],
         )

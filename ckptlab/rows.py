@@ -15,6 +15,7 @@ class CheckpointRow:
     suite: str | None
     size: str | None
     seed: int | None
+    weights_sha256: str | None = None  # the weight files' digest: identical payloads match
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class UnitRow:
     prefetch_finished_at: float | None
     cells: int
     failed: int
+    batch_size: int | None = None  # smaller than the spec's when a pass ran out of memory
 
 
 @dataclass(frozen=True)
@@ -72,3 +74,4 @@ class FailureRow:
     analysis: str | None
     input_set_id: str | None
     error: str
+    cell_key: str | None = None  # None when the checkpoint had no commit to key it

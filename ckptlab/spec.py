@@ -198,6 +198,10 @@ class Resources(Strict):
     # ckptlab's own hub cache; None: no limit, nothing evicted.
     disk_budget_gib: PositiveFloat | None = None
     prefetch: bool = True  # download each worker's next checkpoint while it computes
+    # Memory one worker may use: on a GPU, that much of the GPU (PyTorch's per-process
+    # fraction); on CPUs, that much heap growth (RLIMIT_DATA). A pass that runs out is
+    # retried with half the batch, down to one sequence, then its cells fail.
+    memory_limit_gib: PositiveFloat | None = None
 
 
 class Storage(Strict):

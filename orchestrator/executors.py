@@ -12,6 +12,7 @@ from dataclasses import replace
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.cluster import choose_cluster, connect, describe
 from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
+from ckptlab.orchestrator.reaper import start_reaper
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 from ckptlab.spec import Resources
 
@@ -94,6 +95,8 @@ class RayExecutor:
         # workers inherit this process' environment; cluster nodes need their own HF_TOKEN.
         env = {"TOKENIZERS_PARALLELISM": "false"}
         env |= {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
+        if self.cluster.private:  # its processes must not outlive this one, however it ends
+            start_reaper()
         self._started_ray = connect(self.cluster, env)
         self.description = describe(self.cluster)
         return self
@@ -260,6 +263,7 @@ class RayExecutor:
                     threads=max(1, int(shape.cpus)),
                     gpus=shape.gpus,
                     disk_budget_gib=r.disk_budget_gib,
+                    memory_limit_gib=r.memory_limit_gib,
                 )
             )
         return pool

@@ -13,11 +13,36 @@ from ckptlab.orchestrator.prefetch import Prefetcher, snapshot_complete
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 
 
+def limit_memory(device: str, gib: float) -> None:
+    """Cap what this worker may allocate: the GPU's per-process fraction, or on CPUs the
+    data segment (RLIMIT_DATA: heap and anonymous mappings) beyond what it holds now."""
+    if device != "cpu":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
+        return
+    import re
+    import resource
+    from pathlib import Path
+
+    status = Path("/proc/self/status").read_text()
+    held = int(re.search(r"VmData:\s+(\d+) kB", status).group(1))
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (held * 1024 + int(gib * 2**30), hard))
+
+
 @ray.remote
 class CheckpointWorker:
-    def __init__(self, threads: int, gpus: float, disk_budget_gib: float | None = None):
+    def __init__(
+        self,
+        threads: int,
+        gpus: float,
+        disk_budget_gib: float | None = None,
+        memory_limit_gib: float | None = None,
+    ):
         torch.set_num_threads(threads)
         self.device = pick_device(gpus > 0, gpus)
+        if memory_limit_gib:
+            limit_memory(self.device, memory_limit_gib)
         self.prefetcher = Prefetcher(disk_budget_gib)
         self.node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
 

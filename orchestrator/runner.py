@@ -6,6 +6,7 @@ transaction (its cell rows mark it done) -> log to MLflow -> summary.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from rich.progress import (
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import code_version
 from ckptlab.home import ckptlab_home
-from ckptlab.lineage import Lineage
+from ckptlab.lineage import Lineage, faceted_metric_name
 from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, Unit, build_plan
 from ckptlab.orchestrator.sketches import (
@@ -34,7 +35,7 @@ from ckptlab.orchestrator.sketches import (
     sketch_requests,
 )
 from ckptlab.orchestrator.worker import SketchRequest, UnitResult, UnitTask, failure_rows
-from ckptlab.results import ResultStore
+from ckptlab.results import ResultsBusy, ResultStore
 from ckptlab.rows import CheckpointRow, UnitRow
 from ckptlab.spec import Spec
 
@@ -52,6 +53,9 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     mlflow_run_id: str | None = None
+    lineage_pending: str | None = None  # why MLflow was not written (``ckptlab sync`` later)
+    reaped_runs: list[str] = field(default_factory=list)  # earlier runs found dead, now killed
+    duplicates: list[str] = field(default_factory=list)  # revisions repeating earlier weights
 
     @property
     def nothing_to_do(self) -> bool:
@@ -107,10 +111,11 @@ def _demand(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
     return demand, per_model
 
 
-def _checkpoint_row(unit: Unit) -> CheckpointRow:
+def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointRow:
     ref = unit.checkpoint
+    digest = result.weights_sha256 if result is not None else None
     return CheckpointRow(
-        ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed
+        ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed, digest
     )
 
 
@@ -139,13 +144,6 @@ def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
     return values
 
 
-def faceted_metric_name(metric: str, task: str | None, shots: int | None, seed: int | None) -> str:
-    """An MLflow name for a value with ICL facets: ``category/accuracy/shots_4/seed_0``."""
-    if task is None:
-        return metric
-    return f"{task}/{metric}/shots_{shots}/seed_{seed}"
-
-
 class _Lifecycle:
     """One ``ckptlab run``: the driver's view. Owns the results DB (single writer) and the
     MLflow runs; executors only hand back results."""
@@ -155,9 +153,18 @@ class _Lifecycle:
         self.spec = plan.spec
         self.store = ResultStore(db_path)
         self.store.ensure_schema()
+        # Earlier runs whose driver died (SIGKILL, a lost node) would stay 'running' forever.
+        self.reaped = self.store.mark_dead_runs()
         self.run_id = uuid.uuid4().hex
         code = code_version()
-        self.store.start_run(self.run_id, self.spec.name, self.spec.spec_hash(), spec_text, code)
+        self.store.start_run(
+            self.run_id,
+            self.spec.name,
+            self.spec.spec_hash(),
+            spec_text,
+            code,
+            self.spec.loading.trust_remote_code,
+        )
         configs = {s.name: s for s in self.spec.input_sets}
         for sets in plan.input_sets.values():
             for name, materialized in sets.items():
@@ -211,10 +218,11 @@ class _Lifecycle:
                 result.prefetch_finished_at,
                 len(result.cells),
                 len(result.failures),
+                result.batch_size,
             )
         self.store.write_unit(
             self.run_id,
-            _checkpoint_row(unit),
+            _checkpoint_row(unit, result),
             result.cells,
             result.metrics,
             result.failures,
@@ -234,14 +242,18 @@ class _Lifecycle:
             "cells_failed": summary.cells_failed,
         }
         self.lineage.finish(status, counts)
-        self.store.finish_run(
-            self.run_id,
-            status.lower(),
-            summary.cells_computed,
-            summary.cells_cached,
-            summary.cells_failed,
-            self.mlflow_run_id,
-        )
+        summary.lineage_pending = self.lineage.pending
+        # If the file is held now, the next run marks this one killed; its units are stored.
+        with contextlib.suppress(ResultsBusy):
+            self.store.finish_run(
+                self.run_id,
+                status.lower(),
+                summary.cells_computed,
+                summary.cells_cached,
+                summary.cells_failed,
+                self.mlflow_run_id,
+                "pending" if self.lineage.pending else "logged",
+            )
 
 
 def _progress(console: Console) -> Progress:
@@ -298,6 +310,19 @@ def run_plan(
         later = [u for u in plan.todo if u.commit is not None and u.checkpoint not in requests]
         run = _Lifecycle(plan, spec_text, db_path, tracking_uri)
         summary.run_id, summary.mlflow_run_id = run.run_id, run.mlflow_run_id
+        summary.reaped_runs = run.reaped
+        if run.reaped:
+            console.print(
+                f"marked {len(run.reaped)} earlier run(s) killed: their driver is gone",
+                highlight=False,
+            )
+        if run.lineage.pending:
+            console.print(
+                f"[yellow]lineage pending[/yellow]: {run.lineage.pending}; results go to "
+                "DuckDB, `ckptlab sync` logs them to MLflow later",
+                highlight=False,
+                soft_wrap=True,
+            )
         status = "KILLED"
         try:
             run.log_cached()
@@ -327,6 +352,14 @@ def run_plan(
                         reference_errors[key] = f"({task.checkpoint.label}: {error})"
                     if task.cells:
                         run.persist(units[task.checkpoint], result)
+                        twin = run.store.duplicates(task.checkpoint.model, task.checkpoint.revision)
+                        if twin:
+                            progress.console.print(
+                                f"  [yellow]warning[/yellow] {task.checkpoint.label} has the "
+                                f"same weights as {twin} (flagged: checkpoints.duplicate_of)",
+                                highlight=False,
+                            )
+                            summary.duplicates.append(f"{task.checkpoint.label} = {twin}")
                     summary.cells_computed += len(result.cells)
                     summary.cells_failed += len(result.failures)
                     summary.metric_rows += len(result.metrics)

@@ -16,7 +16,13 @@ from ckptlab.analyses.capture import CheckpointContext, ReferenceSketch, sample_
 from ckptlab.analyses.position_sample import PositionSample
 from ckptlab.analyses.registry import FORWARD_NEEDS, Need, Reducer, get_analysis
 from ckptlab.home import hub_cache_dir
-from ckptlab.hub import fetch_snapshot, load_model, load_tokenizer, local_checkpoint
+from ckptlab.hub import (
+    fetch_snapshot,
+    load_model,
+    load_tokenizer,
+    local_checkpoint,
+    weights_digest,
+)
 from ckptlab.orchestrator.forward import checkpoint_context, stream_forward
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
 from ckptlab.rows import CellRow, FailureRow, MetricRow
@@ -69,6 +75,8 @@ class UnitResult:
     # Set by a worker that prefetched this unit's checkpoint during its previous unit.
     prefetch_started_at: float | None = None
     prefetch_finished_at: float | None = None
+    weights_sha256: str | None = None  # identical payloads across revisions are flagged
+    batch_size: int | None = None  # the batch the passes ran with (smaller after running out)
 
     @property
     def compute_seconds(self) -> float:
@@ -80,7 +88,9 @@ def failure_rows(
 ) -> list[FailureRow]:
     """One failure row per cell that could not be computed on this checkpoint."""
     return [
-        FailureRow(ref.model, ref.revision, ref.step, commit, c.analysis, c.input_set_id, error)
+        FailureRow(
+            ref.model, ref.revision, ref.step, commit, c.analysis, c.input_set_id, error, c.key
+        )
         for c in cells
     ]
 
@@ -116,6 +126,8 @@ def load_checkpoint(task: UnitTask, device: str, timing: UnitResult | None = Non
         )
     if commit != task.commit:
         raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
+    if timing is not None:
+        timing.weights_sha256 = weights_digest(folder)
     fetched = time.perf_counter()
     model = load_model(
         folder,
@@ -144,8 +156,17 @@ class _Pass:
     """One input set's pass over one checkpoint: every cell's reducer and every requested
     sketch fed the same batches; a reducer that raises fails its own cell only."""
 
-    def __init__(self, task: UnitTask, result: UnitResult, input_set: str | None, cells, refs):
+    def __init__(
+        self,
+        task: UnitTask,
+        result: UnitResult,
+        input_set: str | None,
+        cells,
+        refs,
+        batch_size: int,
+    ):
         self.task, self.result, self.input_set = task, result, input_set
+        self.batch_size = batch_size
         self.cells = cells
         self.references = refs
         self.requests = [r for r in task.sketches if r.input_set == input_set]
@@ -188,12 +209,14 @@ class _Pass:
                 self.samples[r.key] = PositionSample(positions, torch.float32)
 
     def stream(self, model, tokens: torch.Tensor, needs: set[Need]) -> None:
-        for batch in stream_forward(model, tokens, needs, self.task.batch_size):
+        for batch in stream_forward(model, tokens, needs, self.batch_size):
             for key, running in list(self.running.items()):
                 started = time.perf_counter()
                 try:
                     running.reducer.update(batch)
                 except Exception as err:
+                    if is_out_of_memory(err):  # the whole pass retries with smaller batches
+                        raise
                     self.fail([running.cell], f"{running.cell.analysis}: {_one_line(err)}")
                     del self.running[key]
                     continue
@@ -251,6 +274,69 @@ class _Pass:
             ]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _run_input_set(task, result, model, tokenizer, input_set, cells, references) -> None:
+    """One input set's pass. Out of memory, it starts again with half the batch, down to
+    one sequence; then every cell of the input set fails with that reason."""
+    needs = set().union(*(get_analysis(c.analysis).needs for c in cells))
+    if any(r.input_set == input_set for r in task.sketches):
+        needs.add(Need.HIDDEN_STATES)
+    tokens = torch.from_numpy(task.token_ids[input_set]) if input_set is not None else None
+    batch_size = task.batch_size
+    while True:
+        attempt = UnitResult(task.checkpoint, task.commit, device=result.device)
+        step = _Pass(task, attempt, input_set, cells, references, batch_size)
+        error = _attempt(step, model, tokenizer, tokens, needs, cells)
+        if error is not None and batch_size > 1:
+            del step, attempt
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size //= 2
+            continue
+        if error is not None:
+            step.forward_failed(RuntimeError(f"out of memory even at batch size 1: {error}"))
+        result.cells += attempt.cells
+        result.metrics += attempt.metrics
+        result.failures += attempt.failures
+        result.sketches |= attempt.sketches
+        result.sketch_errors |= attempt.sketch_errors
+        result.batch_size = min(result.batch_size or batch_size, batch_size)
+        return
+
+
+def _attempt(step: _Pass, model, tokenizer, tokens, needs, cells) -> str | None:
+    """Run one pass; returns why it ran out of memory, or None when it went through."""
+    with torch.inference_mode():
+        try:
+            context = checkpoint_context(model, tokens, needs, len(tokenizer))
+        except Exception as err:  # e.g. a head this code cannot read: every cell here
+            step.fail(cells, f"forward: {_one_line(err)}")
+            for r in step.requests:
+                step.result.sketch_errors[r.key] = f"forward: {_one_line(err)}"
+            return None
+        if Need.MODEL in needs:
+            context.model, context.tokenizer = model, tokenizer
+        step.start(context)
+        if tokens is not None and needs & FORWARD_NEEDS:
+            try:
+                step.stream(model, tokens, needs)
+            except Exception as err:  # the pass itself: every cell of this input set
+                if is_out_of_memory(err):
+                    return _one_line(err)
+                step.forward_failed(err)
+        step.finish()
+    return None
+
+
 def run_unit(
     task: UnitTask, device: str, references: dict[str, ReferenceSketch] | None = None
 ) -> UnitResult:
@@ -273,28 +359,7 @@ def run_unit(
     for cell in task.cells:
         groups.setdefault(cell.input_set, []).append(cell)
     for input_set, cells in groups.items():
-        step = _Pass(task, result, input_set, cells, references)
-        needs = set().union(*(get_analysis(c.analysis).needs for c in cells))
-        if step.requests:
-            needs.add(Need.HIDDEN_STATES)
-        tokens = torch.from_numpy(task.token_ids[input_set]) if input_set is not None else None
-        with torch.inference_mode():
-            try:
-                context = checkpoint_context(model, tokens, needs, len(tokenizer))
-            except Exception as err:  # e.g. a head this code cannot read: every cell here
-                step.fail(cells, f"forward: {_one_line(err)}")
-                for r in step.requests:
-                    result.sketch_errors[r.key] = f"forward: {_one_line(err)}"
-                continue
-            if Need.MODEL in needs:
-                context.model, context.tokenizer = model, tokenizer
-            step.start(context)
-            if tokens is not None and needs & FORWARD_NEEDS:
-                try:
-                    step.stream(model, tokens, needs)
-                except Exception as err:  # the pass itself: every cell of this input set
-                    step.forward_failed(err)
-            step.finish()
+        _run_input_set(task, result, model, tokenizer, input_set, cells, references)
     result.seconds = time.perf_counter() - started
     result.finished_at = time.time()
     return result

@@ -23,7 +23,7 @@ LAYERS = [
     {"ckptlab.analyses"},
     # 2: what a run is made of: specs, input sets, the results DB, lineage, the pico suite
     {"ckptlab.spec", "ckptlab.inputs", "ckptlab.hub_corpus", "ckptlab.results",
-     "ckptlab.lineage", "ckptlab.pico"},
+     "ckptlab.lineage", "ckptlab.sync", "ckptlab.pico"},
     # 3: planning and running
     {"ckptlab.orchestrator"},
     # 4: what people call

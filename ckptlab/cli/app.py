@@ -64,11 +64,14 @@ def plan_of(spec: Spec, spec_path: Path, db_path: Path):
     """The plan, or a one-line exit-2 error when an input set cannot be cut from its corpus."""
     from ckptlab.inputs import InputSetError
     from ckptlab.orchestrator.runner import make_plan
+    from ckptlab.results import ResultsBusy
 
     try:
         return make_plan(spec, db_path, hub_cache_dir())
     except (InputSetError, SpecError) as err:  # SpecError: e.g. an ICL task file is missing
         raise fail(f"{spec_path}: {err}", 2) from None
+    except ResultsBusy as err:
+        raise fail(str(err), 1) from None
 
 
 def db_of(spec: Spec | None, db: Path | None) -> Path:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ckptlab.cli.app import DbOption, app, console, db_of, fail, hub_cache_dir
+from ckptlab.cli.app import DbOption, app, console, db_of, fail, hub_cache_dir, redacted
 
 
 class Format(StrEnum):
@@ -32,12 +32,12 @@ def query(
     """Answer SQL from the results (a read-only connection; works while a run is writing)."""
     import duckdb
 
-    from ckptlab.results import ResultStore
+    from ckptlab.results import QueryRefused, ResultsBusy, ResultStore
 
     store = ResultStore(db_of(None, db))
     try:
-        frame = store.query(sql)
-    except FileNotFoundError as err:
+        frame = store.user_query(sql)
+    except (FileNotFoundError, QueryRefused, ResultsBusy) as err:
         raise fail(str(err), 1) from None
     except duckdb.Error as err:
         raise fail(str(err).splitlines()[0], 1) from None
@@ -88,3 +88,35 @@ def prompts(
         console.rule(f"prompt {i}: {len(batch.prompts[i])} tokens, gold label {gold!r}")
         sys.stdout.write(batch.texts[i] + "\n")
         sys.stdout.flush()
+
+
+@app.command()
+def sync(
+    db: DbOption = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow URI. Default: $CKPTLAB_HOME's store."),
+    ] = None,
+    run_id: Annotated[
+        list[str] | None,
+        typer.Option("--run", help="These runs (repeatable); default: every pending run."),
+    ] = None,
+) -> None:
+    """Log to MLflow the runs whose lineage is pending (MLflow was unreachable), from DuckDB;
+    running it again changes nothing."""
+    from ckptlab.home import default_tracking_uri
+    from ckptlab.results import ResultsBusy, ResultStore
+    from ckptlab.sync import SyncError
+    from ckptlab.sync import sync as sync_runs
+
+    store = ResultStore(db_of(None, db))
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        logged = sync_runs(store, uri, run_id)
+    except (SyncError, ResultsBusy, FileNotFoundError) as err:
+        raise fail(str(err), 1) from None
+    console.print(
+        f"logged {len(logged)} run(s) to {redacted(uri)}"
+        + (f": {', '.join(r[:8] for r in logged)}" if logged else ""),
+        highlight=False,
+    )

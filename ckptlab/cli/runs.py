@@ -110,6 +110,12 @@ def run(
         Executor, typer.Option(help="ray (default) or inline: units in this process.")
     ] = Executor.ray,
     wait_for_workers: WaitForWorkersOption = 0,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", help="Compute only the cells that failed before (not new ones)."
+        ),
+    ] = False,
     expect_version: Annotated[
         str | None,
         typer.Option(
@@ -145,6 +151,7 @@ def run(
         ResourceError,
     )
     from ckptlab.orchestrator.runner import run_plan
+    from ckptlab.results import ResultsBusy
 
     spec, text = load(spec_path)
     try:  # a bad --address or RAY_ADDRESS fails before any planning
@@ -157,6 +164,8 @@ def run(
         raise fail(str(err), 2) from None
     db_path = db_of(spec, db)
     the_plan = plan_of(spec, spec_path, db_path)
+    if retry_failed:
+        only_failed(the_plan, db_path)
     if not the_plan.todo:
         console.print(
             f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "
@@ -173,8 +182,12 @@ def run(
             backend,
             console,
         )
-    except (ResourceError, ClusterError) as err:
+    except (ResourceError, ClusterError, ResultsBusy) as err:
         raise fail(str(err), 1) from None
+    except KeyboardInterrupt:
+        raise fail(
+            "interrupted: every finished checkpoint is stored; run again to resume", 130
+        ) from None
 
     table = Table(title=f"{spec.name}: run {summary.run_id[:8]}", show_header=False)
     table.add_row("checkpoints", f"{summary.checkpoints} ({summary.checkpoints_run} with work)")
@@ -188,6 +201,34 @@ def run(
     table.add_row("mlflow", f"{uri} (run {summary.mlflow_run_id})")
     console.print(table)
     for failure in summary.failures[:20]:
-        console.print(f"[red]failed[/red] {failure}", highlight=False)
+        console.print(f"[red]failed[/red] {failure}", highlight=False, soft_wrap=True)
+    if len(summary.failures) > 20:
+        console.print(f"... and {len(summary.failures) - 20} more (SELECT * FROM failures)")
+    if summary.lineage_pending:
+        console.print(
+            f"[yellow]lineage pending[/yellow]: {summary.lineage_pending}; log it later with "
+            f"`ckptlab sync --db {db_path}`",
+            highlight=False,
+            soft_wrap=True,
+        )
     if summary.cells_failed:
+        console.print(
+            f"{summary.cells_failed} cells failed; `ckptlab run {spec_path} --retry-failed` "
+            "computes only those",
+            highlight=False,
+        )
         raise typer.Exit(1)
+
+
+def only_failed(the_plan, db_path) -> None:
+    """Keep, of the plan's missing cells, those that failed in an earlier run."""
+    from ckptlab.results import ResultStore
+
+    keys, unresolved = ResultStore(db_path).failed()
+    for unit in the_plan.units:
+        ref = unit.checkpoint
+        unit.missing = [
+            c
+            for c in unit.missing
+            if c.key in keys or (c.key is None and (ref.model, ref.revision) in unresolved)
+        ]

@@ -1,0 +1,119 @@
+"""``ckptlab sync``: MLflow lineage of runs that could not log it (the tracking server was
+unreachable), rebuilt from DuckDB. Idempotent: a run whose MLflow parent is complete is
+skipped; a parent cut short is deleted and logged again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import yaml
+
+from ckptlab.lineage import Lineage, faceted_metric_name
+from ckptlab.results import ResultStore
+from ckptlab.spec import Spec
+
+
+class SyncError(RuntimeError):
+    """MLflow cannot take the lineage now; ``str(err)`` is one line."""
+
+
+@dataclass(frozen=True)
+class _Checkpoint:  # what Lineage.log_checkpoint reads of a checkpoint
+    model: str
+    revision: str
+    step: int
+    suite: str | None
+    size: str | None
+    seed: int | None
+
+
+def _labels(spec: Spec) -> list[tuple[str, str, dict]]:
+    """(analysis, entry label, its params) of the spec's entries: a cell's label is the
+    entry whose params its stored params contain."""
+    from ckptlab.analyses.registry import get_analysis
+
+    out = []
+    for entry in spec.analyses:
+        params = get_analysis(entry.name).params_model.model_validate(entry.params)
+        out.append((entry.name, entry.key, params.model_dump(mode="json")))
+    return out
+
+
+def _label_of(labels, analysis: str, params_json: str) -> str:
+    stored = json.loads(params_json)
+    for name, label, params in labels:
+        if name == analysis and all(stored.get(k) == v for k, v in params.items()):
+            return label
+    return analysis
+
+
+def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None) -> list[str]:
+    """Log the pending runs (or ``run_ids``) to MLflow; returns the runs logged."""
+    where = "run_id IN (SELECT unnest(?))" if run_ids else "lineage = 'pending'"
+    runs = store.query(
+        f"SELECT run_id, spec_yaml, code_version, status, cells_computed, cells_cached,"
+        f" cells_failed FROM runs WHERE {where} ORDER BY started_at",
+        [run_ids] if run_ids else None,
+    )
+    logged = []
+    for run in runs.iter_rows(named=True):
+        spec = Spec.model_validate(yaml.safe_load(run["spec_yaml"]))  # no file checks now
+        lineage = Lineage(tracking_uri, spec, run["spec_yaml"], run["run_id"], run["code_version"])
+        if lineage.pending:
+            raise SyncError(lineage.pending)
+        if _complete_parent(lineage, run["run_id"]):
+            store.set_lineage(run["run_id"], "logged", None)
+            continue
+        parent = lineage.start()
+        labels = _labels(spec)
+        rows = store.query(
+            "SELECT ch.model, ch.revision, ch.step, ch.suite, ch.size, ch.seed, c.commit_sha,"
+            " c.analysis, c.params_json, i.name AS input_set, m.metric, m.layer, m.value,"
+            " m.task, m.shots, m.task_seed FROM metrics m JOIN cells c USING (cell_key)"
+            " JOIN checkpoints ch ON ch.commit_sha = c.commit_sha"
+            " LEFT JOIN input_sets i ON i.input_set_id = c.input_set_id"
+            " WHERE c.run_id = ? AND m.item IS NULL ORDER BY ch.model, ch.step",
+            [run["run_id"]],
+        )
+        by_checkpoint: dict[tuple, list[tuple]] = {}
+        for r in rows.iter_rows(named=True):
+            key = (r["model"], r["revision"], r["step"], r["suite"], r["size"], r["seed"],
+                   r["commit_sha"])  # fmt: skip
+            name = faceted_metric_name(r["metric"], r["task"], r["shots"], r["task_seed"])
+            label = _label_of(labels, r["analysis"], r["params_json"])
+            by_checkpoint.setdefault(key, []).append(
+                (label, r["analysis"], name, r["layer"], r["input_set"], r["value"])
+            )
+        for (model, revision, step, suite, size, seed, commit), values in by_checkpoint.items():
+            checkpoint = _Checkpoint(model, revision, step, suite, size, seed)
+            lineage.log_checkpoint(checkpoint, commit, values)
+        counts = {k: run[k] or 0 for k in ("cells_computed", "cells_cached", "cells_failed")}
+        lineage.finish((run["status"] or "finished").upper(), counts)
+        if lineage.pending:
+            raise SyncError(lineage.pending)
+        store.set_lineage(run["run_id"], "logged", parent)
+        logged.append(run["run_id"])
+    return logged
+
+
+def _complete_parent(lineage: Lineage, run_id: str) -> bool:
+    """Whether MLflow already holds this run's complete lineage; a partial one is deleted."""
+    client = lineage.client
+    experiment = client.get_experiment_by_name(lineage.spec.name)
+    if experiment is None:
+        return False
+    found = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`ckptlab.run_id` = '{run_id}'"
+    )
+    for parent in found:
+        if parent.data.tags.get("ckptlab.lineage") == "complete":
+            return True
+        children = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        )
+        for child in children:
+            client.delete_run(child.info.run_id)
+        client.delete_run(parent.info.run_id)
+    return False

@@ -1,0 +1,78 @@
+"""A watchdog for the driver of a private local Ray: when the driver dies, even by SIGKILL
+(no cleanup of its own can run), kill what it had started. Ray's GCS, raylet and workers die
+with the driver, but its dashboard and runtime-env agents outlive it.
+
+Started by the driver as a detached process (``start_reaper``); it records the driver's
+descendants every half second and, once the driver is gone, stops every recorded process
+still alive (matched by creation time, so a reused pid is never touched).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+POLL_S = 0.5
+GRACE_S = 1.0
+
+
+def start_reaper() -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ckptlab.orchestrator.reaper", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in the driver's process group: Ctrl-C spares it
+    )
+
+
+def watch(driver_pid: int) -> None:
+    try:
+        driver = psutil.Process(driver_pid)
+    except psutil.NoSuchProcess:
+        return
+    seen: dict[int, float] = {}
+    while _alive(driver):
+        try:
+            children = driver.children(recursive=True)
+        except psutil.NoSuchProcess:  # the driver itself is gone
+            break
+        for child in children:
+            if child.pid == os.getpid():  # the reaper is the driver's child too
+                continue
+            try:
+                seen.setdefault(child.pid, child.create_time())
+            except psutil.NoSuchProcess:  # a short-lived child, gone already
+                continue
+        time.sleep(POLL_S)
+    time.sleep(GRACE_S)  # Ray's own shutdown, when there was one, goes first
+    left = []
+    for pid, created in seen.items():
+        try:
+            process = psutil.Process(pid)
+            if process.create_time() == created and process.is_running():
+                process.terminate()
+                left.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(left, timeout=GRACE_S)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]))
