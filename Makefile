@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint
+.PHONY: install demo test test-slow test-all lint reliability
 
 $(STAMP): pyproject.toml constraints/pinned.txt
 	python3 -m venv $(VENV)
@@ -28,10 +28,17 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Everything, slow tests included (~3.5 min on 2 cores once installed). CI runs exactly this.
+# The default test run: every test not marked slow. CI runs this, then `make test-slow`.
 test: lint
-	$(VENV)/bin/pytest
-
-# Quick iteration: skips tests marked slow (e.g. the one that starts a `ray start` cluster).
-test-fast: lint
 	$(VENV)/bin/pytest -m "not slow"
+
+# The tests that start real Ray clusters, MLflow servers and kill processes (fault injection).
+test-slow: install
+	$(VENV)/bin/pytest -m slow
+
+test-all: test test-slow
+
+# The fault, bad-input and security tests, and RELIABILITY.md written from their results.
+reliability: install
+	$(VENV)/bin/pytest tests/test_faults.py tests/test_bad_specs.py tests/test_security.py \
+	  tests/test_local_ray.py --reliability-report RELIABILITY.md

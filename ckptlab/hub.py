@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.txt", "*.model", "*.tiktoken"]
 SAFE_PATTERNS = [*TOKENIZER_PATTERNS, "*.safetensors"]
 PICKLE_PATTERNS = ["*.bin"]
+REMOTE_CODE_PATTERNS = ["*.py"]  # a repo's own modeling code, fetched only when trusted
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -76,9 +78,11 @@ def fetch_snapshot(
     local_only: bool,
     allow_pickle: bool = False,
     weights: bool = True,
+    remote_code: bool = False,
 ) -> tuple[Path, str]:
     """Download (or find in the cache) one revision; returns (folder, resolved commit sha).
-    ``weights=False`` fetches only the tokenizer and config files (planning)."""
+    ``weights=False`` fetches only the tokenizer and config files (planning); the repo's
+    ``*.py`` files only with ``remote_code`` (a spec's ``loading.trust_remote_code``)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import disable_progress_bars
@@ -89,6 +93,8 @@ def fetch_snapshot(
         patterns = TOKENIZER_PATTERNS
     else:
         patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
+    if remote_code:
+        patterns = patterns + REMOTE_CODE_PATTERNS
     offline = local_only or hub_offline()
     try:
         folder = snapshot_download(
@@ -173,31 +179,50 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ):
+    """A checkpoint's model. Safetensors weights only, unless ``allow_pickle``: then a
+    ``pytorch_model.bin`` is read with ``torch.load(weights_only=True)``, which refuses any
+    pickle that would call anything but tensor and container constructors."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     has_safetensors = any(folder.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
-        raise CheckpointError(
-            str(folder), "no safetensors weights; set loading.allow_pickle_weights to load .bin"
-        )
+        pickles = sorted(p.name for p in folder.glob("*.bin"))
+        if pickles:
+            reason = (
+                f"only pickled weights ({', '.join(pickles)}), refused: unpickling can run "
+                "code; set loading.allow_pickle_weights to load them with weights_only=True"
+            )
+        else:
+            reason = "no safetensors weights in the checkpoint"
+        raise CheckpointError(str(folder), reason)
+    options = {
+        "dtype": DTYPES[dtype],
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": has_safetensors,
+        "weights_only": True,  # a pickle may hold tensors and containers, never a call
+    }
     if device == "auto":  # several GPUs for one model: its layers spread across them
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            dtype=DTYPES[dtype],
-            trust_remote_code=trust_remote_code,
-            use_safetensors=has_safetensors,
-            device_map="auto",
-        )
-        return model.eval()
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        dtype=DTYPES[dtype],
-        trust_remote_code=trust_remote_code,
-        use_safetensors=has_safetensors,
+        options["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **options)
+    except pickle.UnpicklingError as err:
+        names = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "a .bin file"
+        raise CheckpointError(str(folder), _refused_pickle(names, err)) from None
+    return model.eval() if device == "auto" else model.to(device).eval()
+
+
+def _refused_pickle(names: str, err: Exception) -> str:
+    """One line for a pickle that ``weights_only=True`` refused, naming what it would call."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err)) or re.search(
+        r"[Uu]nsupported global:? ([\w.]+)", str(err)
     )
-    return model.to(device).eval()
+    what = f"would call {found.group(1)}" if found else "holds more than tensors"
+    return (
+        f"pickled weights refused: {names} {what} when unpickled; torch.load(weights_only="
+        "True) loads only tensors and plain containers"
+    )
 
 
 def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):

@@ -49,7 +49,17 @@ def source_texts(input_set: InputSet) -> tuple[str, list[str]]:
         except HubCorpusError as err:
             raise InputSetError(f"input_sets.{input_set.name}.hub: {err}") from None
     path = Path(input_set.file)
-    return f"file:{path}", [path.read_text(encoding="utf-8")]
+    try:
+        return f"file:{path}", [path.read_text(encoding="utf-8")]
+    except UnicodeDecodeError as err:
+        raise InputSetError(
+            f"input_sets.{input_set.name}.file: {path} is not UTF-8 text (byte "
+            f"0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
+    except OSError as err:
+        raise InputSetError(
+            f"input_sets.{input_set.name}.file: cannot read {path}: {err.strerror}"
+        ) from None
 
 
 def materialize(input_set: InputSet, tokenizer, tokenizer_of: str) -> MaterializedInputSet:

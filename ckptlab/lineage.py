@@ -80,7 +80,9 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
 def artifact_root_for(tracking_uri: str) -> str | None:
     """A local sqlite store keeps artifacts beside it (not in the current directory)."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        # A relative sqlite:///m.db is relative to the working directory, as for MLflow.
+        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        return (db.parent / "mlartifacts").as_uri()
     return None
 
 
@@ -147,6 +149,9 @@ class Lineage:
             "ckptlab.spec_hash": self.spec.spec_hash(),
             "ckptlab.run_id": self.run_id,
             "ckptlab.code_version": self.code,
+            # What this run allowed to execute while loading (also params loading.*).
+            "ckptlab.trust_remote_code": str(self.spec.loading.trust_remote_code).lower(),
+            "ckptlab.allow_pickle_weights": str(self.spec.loading.allow_pickle_weights).lower(),
             **{f"version.{k}": v for k, v in package_versions().items()},
         }
         run = client.create_run(experiment_id, tags=tags)

@@ -129,6 +129,38 @@ class QueryRefused(ValueError):
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s*(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\b)?(.*)$", re.I | re.S)
+_ONLY = "only SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN"
+
+
+def _check_read_only(sql: str, explained: bool = False) -> None:
+    """QueryRefused unless ``sql`` is one statement of a reading kind; what an EXPLAIN
+    (ANALYZE runs it) explains is checked the same way."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise QueryRefused(str(err).splitlines()[0]) from None
+    if len(statements) != 1:
+        raise QueryRefused(
+            f"one statement at a time ({len(statements)} given): ckptlab query runs a single SELECT"
+        )
+    try:
+        kind = statements[0].type
+    except ValueError:  # a statement type this duckdb's Python API has no name for
+        verb = (sql.split() or ["?"])[0].upper()
+        raise QueryRefused(f"ckptlab query is read-only: {verb} is refused ({_ONLY})") from None
+    if kind not in READ_STATEMENTS:
+        under = " (also under EXPLAIN, which ANALYZE runs)" if explained else ""
+        raise QueryRefused(
+            f"ckptlab query is read-only: {kind.name} statements are refused{under} ({_ONLY})"
+        )
+    if kind == duckdb.StatementType.EXPLAIN:
+        inner = _EXPLAIN.match(statements[0].query)
+        if inner is None or not inner.group(1).strip():
+            raise QueryRefused("ckptlab query: EXPLAIN of what? (EXPLAIN [ANALYZE] SELECT ...)")
+        _check_read_only(inner.group(1), explained=True)
+
+
 class ResultsBusy(RuntimeError):
     """Another process holds the results file beyond the wait; ``str(err)`` is one line."""
 
@@ -220,21 +252,7 @@ class ResultStore:
         """A user's SQL (``ckptlab query``): one SELECT-like statement (SELECT, WITH, FROM,
         DESCRIBE, SHOW, SUMMARIZE, EXPLAIN), on a read-only connection that can reach no
         file, network or extension. Anything else is a one-line QueryRefused."""
-        try:
-            statements = duckdb.extract_statements(sql)
-        except duckdb.Error as err:
-            raise QueryRefused(str(err).splitlines()[0]) from None
-        if len(statements) != 1:
-            raise QueryRefused(
-                f"one statement at a time ({len(statements)} given): ckptlab query runs a "
-                "single SELECT"
-            )
-        kind = statements[0].type
-        if kind not in READ_STATEMENTS:
-            raise QueryRefused(
-                f"ckptlab query is read-only: {kind.name} statements are refused (only "
-                "SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
-            )
+        _check_read_only(sql)
         return self.query(sql)
 
     def done_cell_keys(self, keys: list[str]) -> set[str]:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -30,13 +33,23 @@ class SpecError(ValueError):
     """A spec that cannot run. ``str(err)`` is one line: '<field path>: <what is wrong>'."""
 
     def __init__(self, path: str, message: str):
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        # A key or value from the file may hold a line break; escaped, the error stays one line.
+        self.path = _one_line(path)
+        self.message = _one_line(message)
+        super().__init__(f"{self.path}: {self.message}" if self.path else self.message)
+
+
+_LINE_BREAK = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")  # what splitlines() splits
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAK.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No .inf or .nan: as CPUs, GiB or a fraction of a GPU they are typos, which Ray or the
+    # memory limits would trip on later, not here.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- checkpoint step selectors
@@ -78,6 +91,19 @@ Steps = Literal["all"] | Selector | Annotated[list[StepItem], Field(min_length=1
 STEP_PATTERN = r"step(\d+)"
 
 
+def _step_regex(pattern: str) -> str:
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as err:
+        raise ValueError(f"not a regular expression: {err}") from None
+    if groups < 1:
+        raise ValueError("needs a group that captures the step, e.g. 'step(\\d+)'")
+    return pattern
+
+
+StepPattern = Annotated[str, AfterValidator(_step_regex)]
+
+
 # ---------------------------------------------------------------------------- model sources
 
 
@@ -97,7 +123,7 @@ class HubModels(Strict):
 
     repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
     revisions: Annotated[list[str], Field(min_length=1)]
-    step_pattern: str = STEP_PATTERN
+    step_pattern: StepPattern = STEP_PATTERN
 
 
 class LocalModels(Strict):
@@ -106,7 +132,7 @@ class LocalModels(Strict):
 
     path: Path
     revisions: Literal["all"] | Annotated[list[str], Field(min_length=1)] = "all"
-    step_pattern: str = STEP_PATTERN
+    step_pattern: StepPattern = STEP_PATTERN
 
 
 def _model_kind(value: Any) -> str | None:
@@ -232,15 +258,41 @@ class Spec(Strict):
 # ------------------------------------------------------------------------ semantic checks
 
 
-def _format_loc(loc: tuple) -> str:
+_KEY = re.compile(r"[A-Za-z_][\w-]*")
+
+
+def _short(value: Any) -> str:
+    """A bounded repr: an error quotes what the user wrote, never a 1 MB string in full."""
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = 60
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = 4
+    brief.maxlevel = 2
+    text = brief.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key_text(key: Any, path: str) -> str:
+    if isinstance(key, str) and _KEY.fullmatch(key):
+        return f".{key}" if path else key
+    return f"[{_short(key)}]"  # quoted: a key with spaces, brackets or a line break
+
+
+def _format_loc(loc: tuple, data: Any, *, missing: bool = False) -> str:
+    """The path the user wrote, from pydantic's location: a part is kept when it is a key or
+    index of the input (walked alongside), or the missing field itself; any other part is a
+    union branch pydantic inserted ('suite-source', 'StepRange', ...) that the user never
+    wrote. A key of the user's that looks like a branch name ('Steps') is still kept."""
     path = ""
-    for part in loc:
-        if isinstance(part, int):
+    node = data
+    for n, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            path += _key_text(part, path)
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
             path += f"[{part}]"
-        elif part[:1].isupper() or "[" in part or "-" in part:
-            continue  # union branch names pydantic inserts; the user never wrote them
-        else:
-            path += f".{part}" if path else str(part)
+            node = node[part]
+        elif missing and n == len(loc) - 1:
+            path += _key_text(part, path)
     return path
 
 
@@ -248,7 +300,7 @@ _WRONG_BRANCH = ("literal_error", "model_type", "list_type", "int_type", "dict_t
 _STEPS_FORMS = "expected 'all', a list of steps, {every, start, stop} or {log_until}"
 
 
-def _first_error(err: ValidationError) -> SpecError:
+def _first_error(err: ValidationError, data: Any) -> SpecError:
     """The most telling error: inside a union (steps), a branch that merely has the wrong type
     says less than one whose own check failed (e.g. stop before start)."""
     errors = err.errors()
@@ -256,15 +308,18 @@ def _first_error(err: ValidationError) -> SpecError:
         errors,
         key=lambda e: (e["type"] in _WRONG_BRANCH, e["type"] == "missing", -len(e["loc"])),
     )
-    path = _format_loc(e["loc"])
+    if e["type"] == "invalid_key":  # its location is the bad key itself, which YAML allows
+        path = _format_loc(e["loc"][:-1], data)
+        return SpecError(path, f"field names are strings (got {_short(e['input'])})")
+    path = _format_loc(e["loc"], data, missing=e["type"] == "missing")
     if e["type"] == "extra_forbidden":
         return SpecError(path, "unknown field")
     if e["type"] in _WRONG_BRANCH and path.endswith("steps"):
-        return SpecError(path, f"{_STEPS_FORMS} (got {e['input']!r})")
+        return SpecError(path, f"{_STEPS_FORMS} (got {_short(e['input'])})")
     message = e["msg"].removeprefix("Value error, ")
-    if e["type"] in ("literal_error", "enum", "model_source") or "input" not in e:
+    if e["type"] in ("literal_error", "enum", "model_source", "missing") or "input" not in e:
         return SpecError(path, message)
-    return SpecError(path, f"{message} (got {e['input']!r})")
+    return SpecError(path, f"{message} (got {_short(e['input'])})")
 
 
 def select_steps(steps: Steps, schedule: list[int], path: str) -> list[int]:
@@ -278,7 +333,9 @@ def select_steps(steps: Steps, schedule: list[int], path: str) -> list[int]:
         where = f"{path}[{i}]" if isinstance(steps, list) else path
         if isinstance(item, int):
             if item not in available:
-                near = sorted(schedule, key=lambda s: abs(s - item))[:2]
+                # The checkpoints either side: the two closest could both be on one side.
+                below = [s for s in schedule if s < item][-1:]
+                near = below + [s for s in schedule if s > item][:1]
                 raise SpecError(where, f"step {item} is not a checkpoint (nearest: {near})")
             chosen.add(item)
             continue
@@ -299,14 +356,30 @@ def select_steps(steps: Steps, schedule: list[int], path: str) -> list[int]:
 
 def step_from_revision(revision: str, pattern: str, path: str) -> int:
     match = re.search(pattern, revision)
-    if not match:
+    step = match.group(1) if match else None
+    # Digits only: an optional group may match nothing, and int() would take '١' or ' 7'.
+    if step is None or not re.fullmatch(r"[0-9]+", step):
         raise SpecError(path, f"cannot read a training step from {revision!r}; set step_pattern")
-    return int(match.group(1))
+    return int(step)
+
+
+def _listed_once(listed: dict[str, str], repo: str, entry: str, where: str) -> None:
+    if repo in listed:
+        raise SpecError(
+            where,
+            f"{repo} is already listed in {listed[repo]}; list each model once "
+            "(one entry's steps can combine selectors)",
+        )
+    listed[repo] = entry
 
 
 def _check_semantics(spec: Spec) -> None:
     from ckptlab.analyses.registry import registered_analyses
 
+    # Hub repo -> the models entry that lists it. The same model in two entries would be one
+    # set of units with two step selections (merged silently): a mistake, or a selection
+    # that belongs in one entry's steps list.
+    listed: dict[str, str] = {}
     for i, source in enumerate(spec.models):
         where = f"models[{i}]"
         if isinstance(source, SuiteModels):
@@ -332,9 +405,25 @@ def _check_semantics(spec: Spec) -> None:
             if source.deduped and not suite.has_deduped:
                 raise SpecError(f"{where}.deduped", f"suite {suite.name} has no deduped models")
             select_steps(source.steps, list(suite.schedule), f"{where}.steps")
+            for name, values in (("sizes", source.sizes), ("seeds", source.seeds)):
+                for j, value in enumerate(values):
+                    if values.index(value) != j:
+                        raise SpecError(
+                            f"{where}.{name}[{j}]",
+                            f"{value!r} is listed twice (also {name}[{values.index(value)}])",
+                        )
+            for j, size in enumerate(source.sizes):
+                for seed in source.seeds:
+                    _listed_once(
+                        listed,
+                        suite.repo_id(size, seed, source.deduped),
+                        where,
+                        f"{where}.sizes[{j}]",
+                    )
         elif isinstance(source, HubModels):
             for j, revision in enumerate(source.revisions):
                 step_from_revision(revision, source.step_pattern, f"{where}.revisions[{j}]")
+            _listed_once(listed, source.repo, where, f"{where}.repo")
         else:
             if not source.path.is_dir():
                 raise SpecError(f"{where}.path", f"no such directory: {source.path}")
@@ -360,8 +449,9 @@ def _check_semantics(spec: Spec) -> None:
         try:
             params = definition.params_model.model_validate(entry.params)
         except ValidationError as err:
-            inner = _first_error(err)
-            raise SpecError(f"{where}.params.{inner.path}".rstrip("."), inner.message) from None
+            inner = _first_error(err, entry.params)
+            joint = "." if inner.path[:1] not in ("", "[") else ""
+            raise SpecError(f"{where}.params{joint}{inner.path}", inner.message) from None
         configuration = json.dumps([entry.name, params.model_dump(mode="json")], sort_keys=True)
         if configuration in configurations:
             first = configurations[configuration]
@@ -374,29 +464,131 @@ def _check_semantics(spec: Spec) -> None:
             raise SpecError(where, f"{entry.name} runs the model on inputs: add an input set")
 
 
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
 def parse_spec(data: Any) -> Spec:
+    if data is None:
+        raise SpecError("", "the spec is empty: expected a mapping with name, models, analyses")
     if not isinstance(data, dict):
-        raise SpecError("", "a spec is a YAML mapping at the top level")
+        kind = _KINDS.get(type(data), type(data).__name__)
+        raise SpecError("", f"a spec is a YAML mapping at the top level (got {kind})")
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
-        raise _first_error(err) from None
-    _check_semantics(spec)
+        raise _first_error(err, data) from None
+    try:
+        _check_semantics(spec)
+    except RecursionError:  # pydantic guards its own depth; json.dumps of params does not
+        raise SpecError("", "nested too deeply") from None
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and fully validate a spec file. Raises SpecError (one line) on any problem."""
+# A spec is a page of YAML. A bigger file is a mistake (a log, a dataset) that PyYAML would
+# take seconds per 10 MB to parse, and its text is stored with every run.
+MAX_SPEC_BYTES = 1 << 20
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last value silently, so a second ``analyses:`` would drop the first list."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as err:
+            # A scalar PyYAML resolves but cannot build ('2024-13-45' is a date, an int of
+            # 5000 digits, '!!int abc' a ValueError, '!!int ' an IndexError): raised without
+            # a position, which this adds.
+            what = _short(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {what}: {err}", node.start_mark
+            ) from None
+
+
+def _construct_mapping(loader: _SpecLoader, node: yaml.MappingNode) -> dict:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<: *defaults' then overriding a key is what merge keys are for
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = first_line.get(key)
+        except TypeError:
+            continue  # unhashable: construct_mapping says so with its position
+        if seen is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{_short(key)} is given twice (first at line {seen})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _reason(err: Exception) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
+def read_spec_file(path: str | Path) -> str:
+    """A spec file's text: a regular file of at most MAX_SPEC_BYTES of UTF-8."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise SpecError("", f"cannot read {path}: {err.strerror}") from None
+        info = path.stat()
+    except (OSError, ValueError) as err:  # ValueError: a path with a NUL byte
+        raise SpecError("", f"cannot read {path}: {_reason(err)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SpecError("", f"{path} is a directory, not a spec file")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise SpecError("", f"{path} is not a regular file")
+    if info.st_size > MAX_SPEC_BYTES:  # refused before reading a byte
+        size = f"{info.st_size / 2**20:.1f}"
+        size = f"{info.st_size / 2**20:.4f}" if size == "1.0" else size  # not "1.0 MB > 1 MB"
+        raise SpecError("", f"spec file is {size} MB; the limit is 1 MB")
     try:
-        data = yaml.safe_load(text)
+        with path.open("rb") as file:
+            raw = file.read(MAX_SPEC_BYTES + 1)  # it may have grown since stat
+    except OSError as err:
+        raise SpecError("", f"cannot read {path}: {_reason(err)}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError("", "spec file is over 1 MB; the limit is 1 MB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise SpecError(
+            "", f"not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line} (save it as UTF-8)"
+        ) from None
+
+
+def parse_spec_text(text: str) -> Spec:
+    """Parse and fully validate a spec's YAML text. Raises SpecError (one line)."""
+    try:
+        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no Python tags
+    except yaml.reader.ReaderError as err:  # a control character; it has a position only
+        line = text[: err.position].count("\n") + 1
+        raise SpecError(
+            "", f"invalid YAML at line {line}: character #x{err.character:04x}: {err.reason}"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "malformed"
+        context = getattr(err, "context", None)
+        if context and problem.startswith("but "):  # "expected a single document ..., but"
+            problem = f"{context}, {problem}"
         raise SpecError("", f"invalid YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise SpecError("", "invalid YAML: nested too deeply") from None
     return parse_spec(data)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and fully validate a spec file. Raises SpecError (one line) on any problem."""
+    return parse_spec_text(read_spec_file(path))

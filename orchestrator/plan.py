@@ -200,12 +200,18 @@ def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str
     return resolved
 
 
-def tokenizer_folder(ref: CheckpointRef, hub_dir: Path) -> Path:
-    """Where the checkpoint's tokenizer is: planning fetches no weight file."""
+def tokenizer_folder(ref: CheckpointRef, hub_dir: Path, remote_code: bool = False) -> Path:
+    """Where the checkpoint's tokenizer is: planning fetches no weight file (and the repo's
+    own code only when the spec trusts it: a custom tokenizer needs it)."""
     if ref.source == "local":
         return Path(ref.model) / ref.revision
     return fetch_snapshot(
-        ref.model, ref.revision, hub_dir, local_only=ref.local_only, weights=False
+        ref.model,
+        ref.revision,
+        hub_dir,
+        local_only=ref.local_only,
+        weights=False,
+        remote_code=remote_code,
     )[0]
 
 
@@ -262,6 +268,34 @@ def analysis_contexts(spec: Spec) -> dict[str, dict]:
     return contexts
 
 
+# Where a config.json says how many positions the model has (GPT-NeoX/Llama, GPT-2, others).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def context_length(config: dict) -> int | None:
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_context(spec: Spec, model: str, config: dict) -> None:
+    """An input set longer than a model's context is a spec error, found when planning reads
+    the model's config: its forward passes would fail (or read past trained positions) on
+    every checkpoint."""
+    context = context_length(config)
+    if context is None:
+        return
+    for i, input_set in enumerate(spec.input_sets):
+        if input_set.seq_len > context:
+            raise SpecError(
+                f"input_sets[{i}].seq_len",
+                f"{input_set.seq_len} tokens is beyond the context of {model} "
+                f"({context} positions)",
+            )
+
+
 def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
     cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
@@ -284,11 +318,12 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
             # Read once per model from its first loadable checkpoint (config and tokenizer
             # files only): the config sizes its workers, the tokenizer cuts its input sets.
             try:
-                folder = tokenizer_folder(ref, hub_dir)
+                folder = tokenizer_folder(ref, hub_dir, spec.loading.trust_remote_code)
                 config = folder / "config.json"
                 model_configs[ref.model] = (
                     json.loads(config.read_text()) if config.is_file() else {}
                 )
+                check_context(spec, ref.model, model_configs[ref.model])
                 if spec.input_sets:
                     tokenizer = load_tokenizer(
                         folder, trust_remote_code=spec.loading.trust_remote_code
@@ -297,7 +332,7 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                         s.name: materialize(s, tokenizer, tokenizer_of=ref.model)
                         for s in spec.input_sets
                     }
-            except InputSetError:
+            except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
                 raise
             except Exception as err:  # this checkpoint fails; the model's next one may serve
                 model_configs.pop(ref.model, None)

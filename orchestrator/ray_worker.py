@@ -13,21 +13,10 @@ from ckptlab.orchestrator.prefetch import Prefetcher, snapshot_complete
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 
 
-def limit_memory(device: str, gib: float) -> None:
-    """Cap what this worker may allocate: the GPU's per-process fraction, or on CPUs the
-    data segment (RLIMIT_DATA: heap and anonymous mappings) beyond what it holds now."""
-    if device != "cpu":
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
-        return
-    import re
-    import resource
-    from pathlib import Path
-
-    status = Path("/proc/self/status").read_text()
-    held = int(re.search(r"VmData:\s+(\d+) kB", status).group(1))
-    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    resource.setrlimit(resource.RLIMIT_DATA, (held * 1024 + int(gib * 2**30), hard))
+def limit_gpu_memory(gib: float) -> None:
+    """Cap what this worker's PyTorch may allocate on its GPU (the per-process fraction)."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
 
 
 @ray.remote
@@ -41,8 +30,9 @@ class CheckpointWorker:
     ):
         torch.set_num_threads(threads)
         self.device = pick_device(gpus > 0, gpus)
-        if memory_limit_gib:
-            limit_memory(self.device, memory_limit_gib)
+        if memory_limit_gib and self.device != "cpu":
+            limit_gpu_memory(memory_limit_gib)
+        self.cpu_memory_limit_gib = memory_limit_gib if self.device == "cpu" else None
         self.prefetcher = Prefetcher(disk_budget_gib)
         self.node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
 
@@ -68,7 +58,7 @@ class CheckpointWorker:
                 self.prefetcher.start(nxt.model, nxt.revision, prefetch.commit, nxt.local_only)
         # Object refs nested in a dict are not resolved by Ray: fetch them here.
         references = {key: ray.get(r) for key, r in reference_refs.items()}
-        result = run_unit(task, self.device, references)
+        result = run_unit(task, self.device, references, self.cpu_memory_limit_gib)
         result.node = self.node
         result.started_at = began  # the unit began when this worker took it
         result.fetch_seconds += waited

@@ -120,11 +120,19 @@ def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointR
 
 
 def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
-    message = f"worker: {type(err).__name__}: {err}".replace("\n", " ")[:2000]
+    message = f"worker: {type(err).__name__}: {_readable(err)}"
     result = UnitResult(task.checkpoint, task.commit)
     result.failures = failure_rows(task.checkpoint, task.commit, task.cells, message)
     result.sketch_errors = {r.key: message for r in task.sketches}
     return result
+
+
+def _readable(err: Exception, limit: int = 400) -> str:
+    """Ray's error text on one line, without the worker's traceback and generic advice."""
+    text = " ".join(str(err).split())
+    for tail in (" Traceback (most recent call last)", " Some common causes include"):
+        text = text.split(tail)[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:

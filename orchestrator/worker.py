@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -123,6 +125,7 @@ def load_checkpoint(task: UnitTask, device: str, timing: UnitResult | None = Non
             task.hub_dir or hub_cache_dir(),
             local_only=ref.local_only,
             allow_pickle=task.allow_pickle,
+            remote_code=task.trust_remote_code,
         )
     if commit != task.commit:
         raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
@@ -279,8 +282,11 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError | MemoryError):
         return True
     text = str(err)
+    # oneDNN (CPU kernels) reports an allocation it could not make as a failed primitive.
     return isinstance(err, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
+        "out of memory" in text
+        or "can't allocate memory" in text
+        or "could not create a primitive" in text
     )
 
 
@@ -337,8 +343,33 @@ def _attempt(step: _Pass, model, tokenizer, tokens, needs, cells) -> str | None:
     return None
 
 
+@contextmanager
+def cpu_memory_cap(gib: float | None) -> Iterator[None]:
+    """While a unit's passes run, cap the data segment (RLIMIT_DATA: heap and anonymous
+    mappings) at what the process holds now, the model loaded, plus ``gib``. Only then: Ray's
+    own buffers (the one that sends the result back) must never meet the cap, or the worker
+    process dies, and a first load's imports are a one-off cost, not the pass's."""
+    if not gib:
+        yield
+        return
+    import re
+    import resource
+
+    status = Path("/proc/self/status").read_text()
+    held = int(re.search(r"VmData:\s+(\d+) kB", status).group(1))
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (held * 1024 + int(gib * 2**30), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
 def run_unit(
-    task: UnitTask, device: str, references: dict[str, ReferenceSketch] | None = None
+    task: UnitTask,
+    device: str,
+    references: dict[str, ReferenceSketch] | None = None,
+    cpu_memory_gib: float | None = None,
 ) -> UnitResult:
     ref = task.checkpoint
     result = UnitResult(ref, task.commit, device=device, started_at=time.time())
@@ -358,8 +389,9 @@ def run_unit(
     groups: dict[str | None, list[Cell]] = {r.input_set: [] for r in task.sketches}
     for cell in task.cells:
         groups.setdefault(cell.input_set, []).append(cell)
-    for input_set, cells in groups.items():
-        _run_input_set(task, result, model, tokenizer, input_set, cells, references)
+    with cpu_memory_cap(cpu_memory_gib):
+        for input_set, cells in groups.items():
+            _run_input_set(task, result, model, tokenizer, input_set, cells, references)
     result.seconds = time.perf_counter() - started
     result.finished_at = time.time()
     return result

@@ -35,6 +35,9 @@ def test_flatten_keys_list_entries_by_label_then_name():
     assert params["models.0.sizes"] == "['xs']"
 
 
-def test_local_sqlite_store_keeps_artifacts_beside_it():
+def test_local_sqlite_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
     assert artifact_root_for("sqlite:////data/ml/mlflow.db") == "file:///data/ml/mlartifacts"
     assert artifact_root_for("http://127.0.0.1:5000") is None
+    # A relative store (`--tracking-uri sqlite:///m.db`) is relative to the working directory.
+    monkeypatch.chdir(tmp_path)
+    assert artifact_root_for("sqlite:///m.db") == (tmp_path / "mlartifacts").as_uri()

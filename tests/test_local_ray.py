@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,14 +28,19 @@ resources: {workers: 2}
 """
 
 
-def listening(processes: list[psutil.Process]) -> dict[tuple[str, int], str]:
-    """(address, port) -> process name of every listening TCP socket of these processes."""
+def listening(processes: list[psutil.Process]) -> dict[tuple[str, int, str], str]:
+    """(address, port, protocol) -> process name of every server socket of these processes:
+    TCP sockets in LISTEN, and UDP sockets bound without a peer."""
     found = {}
     for process in processes:
         try:
             for conn in process.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN:
-                    found[(conn.laddr.ip, conn.laddr.port)] = process.name()
+                if conn.type == socket.SOCK_STREAM:
+                    server, protocol = conn.status == psutil.CONN_LISTEN, "tcp"
+                else:  # UDP has no LISTEN: a socket bound to a port with no peer serves
+                    server, protocol = bool(conn.laddr) and not conn.raddr, "udp"
+                if server:
+                    found[(conn.laddr.ip, conn.laddr.port, protocol)] = process.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
@@ -47,7 +53,9 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def test_default_run_is_private_loopback_and_unshadowed(tmp_path, pico_hub, ckptlab_home):
+def test_default_run_is_private_loopback_and_unshadowed(
+    tmp_path, pico_hub, ckptlab_home, reliability
+):
     project = tmp_path / "project"
     project.mkdir()
     (project / "spec.yaml").write_text(SPEC)
@@ -72,7 +80,8 @@ def test_default_run_is_private_loopback_and_unshadowed(tmp_path, pico_hub, ckpt
         text=True,
     )  # fmt: skip
     root = psutil.Process(process.pid)
-    sockets: dict[tuple[str, int], str] = {}
+    sockets: dict[tuple[str, int, str], str] = {}
+    polls = 0
     started: set[psutil.Process] = set()
     while process.poll() is None:
         try:
@@ -81,16 +90,26 @@ def test_default_run_is_private_loopback_and_unshadowed(tmp_path, pico_hub, ckpt
             break
         started |= set(tree[1:])
         sockets |= listening(tree)
+        polls += 1
         time.sleep(0.2)
     process.wait()
     output = process.stdout.read()
+    names = set(sockets.values())
+    exposed = {where: name for where, name in sockets.items() if not is_loopback(where[0])}
+    reliability.row(
+        "Security",
+        "server sockets of a default `ckptlab run` (private local Ray) and every process it "
+        "started, TCP LISTEN and bound UDP, polled every 0.2 s",
+        f"{len(sockets)} server sockets ({sum(w[2] == 'udp' for w in sockets)} UDP) of "
+        f"{len(names)} programs ({', '.join(sorted(names))}) over {len(started) + 1} processes "
+        f"and {polls} polls; beyond loopback: {len(exposed)}",
+        rows_lost=None,
+    )
     assert process.returncode == 0, output
     assert "private local Ray on 127.0.0.1 (token auth)" in output
     assert ResultStore(db).query("SELECT count(*) FROM cells").item() == 18 * 3
     assert ResultStore(db).query("SELECT count(*) FROM failures").item() == 0
-    names = set(sockets.values())
     assert {"gcs_server", "raylet"} <= names, sockets  # we did watch Ray's servers
-    exposed = {where: name for where, name in sockets.items() if not is_loopback(where[0])}
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert not (home / ".ray").exists()  # the per-run token was never written to disk
     # Nothing the run started is left behind.

@@ -8,9 +8,10 @@ from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ckptlab.home import default_db_path, default_tracking_uri, hub_cache_dir
-from ckptlab.spec import Spec, SpecError, load_spec
+from ckptlab.spec import Spec, SpecError, parse_spec_text, read_spec_file
 
 app = typer.Typer(
     add_completion=False,
@@ -48,16 +49,21 @@ def redacted(uri: str) -> str:
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # A Text, not markup: the message quotes the user's spec, where '[/x]' would be a markup
+    # error (a traceback) and ':smile:' an emoji.
+    line = Text.assemble(("error:", "red"), " ", message)
+    err_console.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
 def load(path: Path) -> tuple[Spec, str]:
+    """The spec and the text it was read from (stored with the run): one read, so they agree."""
     try:
-        spec = load_spec(path)
+        text = read_spec_file(path)
+        spec = parse_spec_text(text)
     except SpecError as err:
         raise fail(f"{path}: {err}", 2) from None
-    return spec, path.read_text()
+    return spec, text
 
 
 def plan_of(spec: Spec, spec_path: Path, db_path: Path):

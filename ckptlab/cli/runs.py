@@ -127,6 +127,7 @@ def run(
     ] = None,
 ) -> None:
     """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow."""
+    spec, text = load(spec_path)  # a bad spec fails before the heavy imports below
     import ckptlab
     from ckptlab.code_version import code_version
 
@@ -153,7 +154,6 @@ def run(
     from ckptlab.orchestrator.runner import run_plan
     from ckptlab.results import ResultsBusy
 
-    spec, text = load(spec_path)
     try:  # a bad --address or RAY_ADDRESS fails before any planning
         backend = (
             RayExecutor(spec.resources, address, wait_for_workers)
@@ -230,5 +230,7 @@ def only_failed(the_plan, db_path) -> None:
         unit.missing = [
             c
             for c in unit.missing
-            if c.key in keys or (c.key is None and (ref.model, ref.revision) in unresolved)
+            # A checkpoint that did not resolve then (missing revision) may resolve now:
+            # its cells have keys this time, and all of them are retried.
+            if c.key in keys or (ref.model, ref.revision) in unresolved
         ]
