@@ -9,6 +9,7 @@ import os
 import re
 import time
 import urllib.request
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -55,26 +56,91 @@ def metric_key(
     return _BAD_KEY_CHARS.sub("_", "/".join(parts))
 
 
-def faceted_metric_name(metric: str, task: str | None, shots: int | None, seed: int | None) -> str:
-    """An MLflow name for a value with ICL facets: ``category/accuracy/shots_4/seed_0``."""
-    if task is None:
-        return metric
-    return f"{task}/{metric}/shots_{shots}/seed_{seed}"
+# Of a value with ICL facets (task x metric x shots x seed), MLflow gets the accuracy per task
+# and shots, averaged over the label seeds; the other facets and the bookkeeping (n_prompts,
+# chance_accuracy, ...) stay in DuckDB. Hundreds of keys per run make the UI unusable.
+ICL_SUMMARY_METRICS = ("accuracy",)
+
+
+@dataclass(frozen=True)
+class Value:
+    """One stored value, as lineage sees it (a `metrics` row with its cell's label)."""
+
+    label: str  # the spec entry's label (its analysis name unless relabelled)
+    analysis: str
+    metric: str
+    layer: int | None
+    input_set: str | None
+    value: float
+    task: str | None = None
+    shots: int | None = None
+    task_seed: int | None = None
+
+
+def mlflow_metrics(values: list[Value], multi_input: bool) -> dict[str, float]:
+    """MLflow key -> value for one checkpoint: one key per (analysis, metric, layer), and per
+    ICL (task, shots) the accuracy averaged over label seeds (``category/accuracy/shots_4``)."""
+    plain: dict[str, float] = {}
+    facets: dict[str, list[float]] = {}
+    for v in values:
+        input_set = v.input_set if multi_input else None
+        if v.task is None:
+            plain[metric_key(v.label, v.analysis, v.metric, v.layer, input_set)] = v.value
+        elif v.metric in ICL_SUMMARY_METRICS:
+            name = f"{v.task}/{v.metric}/shots_{v.shots}"
+            key = metric_key(v.label, v.analysis, name, v.layer, input_set)
+            facets.setdefault(key, []).append(v.value)
+    return plain | {key: sum(vs) / len(vs) for key, vs in facets.items()}
+
+
+STAGE_STRIDE = 10_000_000  # steps per stage on the axis of a restarting suite without tokens
+
+
+def mlflow_step(ref) -> int:
+    """The x axis of a checkpoint's metrics: its training step. In a suite whose steps
+    restart in a later stage (OLMo 2's stage-2 ingredients, CrystalCoder's phases) the step
+    would go backwards, so there it is the millions of tokens seen since training began, or,
+    where those are unknown, stage x 10,000,000 + step."""
+    from ckptlab.catalog import SUITES, stage_rank
+
+    suite = SUITES.get(ref.suite) if ref.suite else None
+    if suite is None or not suite.stages_restart:
+        return ref.step
+    tokens = getattr(ref, "tokens_seen", None)
+    if tokens is not None:
+        return tokens // 1_000_000
+    return stage_rank(getattr(ref, "stage", None)) * STAGE_STRIDE + ref.step
+
+
+def _param_text(value) -> str | None:
+    """A spec value as a person writes it: ``xs, s, m``, ``true``, ``64``; None is no param."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        parts = [_param_text(v) for v in value]
+        return ", ".join(p for p in parts if p is not None)
+    return str(value)
 
 
 def flatten(value, prefix: str = "") -> dict[str, str]:
+    """The spec as flat MLflow params: ``models.pico.sizes = xs, s``; list entries are named
+    by their label, name or suite (their index when two share one)."""
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for k, v in value.items():
             out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
         return out
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        names = [v.get("label") or v.get("name") or v.get("suite") or v.get("repo") for v in value]
         out = {}
-        for i, v in enumerate(value):
-            name = v.get("label") or v.get("name") or str(i)
-            out |= flatten(v, f"{prefix}.{name}")
+        for i, (v, name) in enumerate(zip(value, names, strict=True)):
+            unique = name is not None and names.count(name) == 1
+            out |= flatten(v, f"{prefix}.{name if unique else i}")
         return out
-    return {prefix: str(value)[:6000]}
+    text = _param_text(value)
+    return {} if text is None else {prefix: text[:6000]}
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -130,6 +196,8 @@ class Lineage:
         self.code = code
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
+        # model -> revision -> (step, tokens seen, commit sha): each child's checkpoints.csv
+        self.commits: dict[str, dict[str, tuple[int, int | None, str]]] = {}
         self.multi_input = len(spec.input_sets) > 1
         self.pending: str | None = reachable(tracking_uri)  # why lineage is not logged now
 
@@ -154,11 +222,13 @@ class Lineage:
             "ckptlab.allow_pickle_weights": str(self.spec.loading.allow_pickle_weights).lower(),
             **{f"version.{k}": v for k, v in package_versions().items()},
         }
+        if self.spec.description:  # what the UI shows as the run's description
+            tags["mlflow.note.content"] = self.spec.description
         run = client.create_run(experiment_id, tags=tags)
         self.parent_id = run.info.run_id
         from mlflow.entities import Param
 
-        params = flatten(self.spec.model_dump(mode="json", exclude={"description"}))
+        params = flatten(self.spec.model_dump(mode="json", exclude={"description", "storage"}))
         items = [Param(k[:250], v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             client.log_batch(self.parent_id, params=items[i : i + 100])
@@ -181,32 +251,57 @@ class Lineage:
         return self.children[model]
 
     @_guarded
-    def log_checkpoint(self, ref, commit: str, values: list[tuple]) -> None:
-        """values: (label, analysis, metric, layer, input_set, value) of one checkpoint."""
-        from mlflow.entities import Metric, RunTag
+    def log_checkpoint(self, ref, commit: str, values: list[Value]) -> None:
+        """One checkpoint's values, at ``step`` = its training step, in its model's run."""
+        from mlflow.entities import Metric
 
         run_id = self.child(ref.model, ref.suite, ref.size, ref.seed)
+        tokens = getattr(ref, "tokens_seen", None)
+        self.commits.setdefault(ref.model, {})[ref.revision] = (ref.step, tokens, commit)
         now = int(time.time() * 1000)
+        step = mlflow_step(ref)
         metrics = [
-            Metric(
-                metric_key(label, analysis, metric, layer, input_set if self.multi_input else None),
-                value,
-                now,
-                ref.step,
-            )
-            for label, analysis, metric, layer, input_set, value in values
+            Metric(key, value, now, step)
+            for key, value in mlflow_metrics(values, self.multi_input).items()
         ]
-        tags = [RunTag(f"commit.{ref.revision}", commit)]
-        for i in range(0, max(1, len(metrics)), 1000):
-            self.client.log_batch(
-                run_id, metrics=metrics[i : i + 1000], tags=tags if i == 0 else []
-            )
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
     @_guarded
-    def finish(self, status: str, counts: dict[str, int]) -> None:
-        for key, value in counts.items():
-            self.client.set_tag(self.parent_id, f"ckptlab.{key}", str(value))
-        for child in self.children.values():
+    def log_report(self, db: Path) -> int:
+        """The run's figures (``ckptlab report`` of its spec) as the parent's artifacts under
+        ``report/``; returns how many files. A figure that cannot be drawn never fails a run."""
+        import tempfile
+
+        from ckptlab.report import render_report
+
+        with tempfile.TemporaryDirectory(prefix="ckptlab-report-") as tmp:
+            try:
+                files = render_report(db, Path(tmp), spec_name=self.spec.name)
+            except Exception as err:  # e.g. the results file held right now
+                logging.getLogger("ckptlab").warning("no report for MLflow: %s", err)
+                return 0
+            for path in files:
+                self.client.log_artifact(self.parent_id, str(path), "report")
+        return len(files)
+
+    @_guarded
+    def finish(self, status: str, counts: dict[str, float]) -> None:
+        """counts: the run's summary (cells computed, cached, failed, ...), logged as the
+        parent's metrics. Each model's revision -> commit table goes in as one artifact."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        summary = [Metric(key, float(value), now, 0) for key, value in counts.items()]
+        self.client.log_batch(self.parent_id, metrics=summary)
+        for model, child in self.children.items():
+            rows = sorted(self.commits.get(model, {}).items(), key=lambda item: item[1][0])
+            table = "revision,step,tokens_seen,commit\n" + "".join(
+                f"{revision},{step},{'' if tokens is None else tokens},{commit}\n"
+                for revision, (step, tokens, commit) in rows
+            )
+            self.client.log_text(child, table, "checkpoints.csv")
+            self.client.set_tag(child, "ckptlab.checkpoints", str(len(rows)))
             self.client.set_terminated(child, status)
         # Last: a parent without it was cut short (ckptlab sync replaces such a run).
         self.client.set_tag(self.parent_id, "ckptlab.lineage", "complete")

@@ -70,11 +70,14 @@ CREATE TABLE IF NOT EXISTS failures (
 ALTER TABLE failures ADD COLUMN IF NOT EXISTS cell_key VARCHAR;
 ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS weights_sha256 VARCHAR;
 ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS tokens_seen BIGINT;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS stage VARCHAR;
 ALTER TABLE units ADD COLUMN IF NOT EXISTS batch_size INTEGER;
 CREATE OR REPLACE VIEW results AS
 SELECT ch.model, ch.revision, ch.step, c.analysis, m.layer, m.metric, m.value, m.item,
        m.task, m.shots, m.task_seed, ch.duplicate_of,
-       ch.suite, ch.size, ch.seed, c.commit_sha, i.name AS input_set, c.input_set_id,
+       ch.suite, ch.size, ch.seed, ch.tokens_seen, ch.stage, c.commit_sha,
+       i.name AS input_set, c.input_set_id,
        c.analysis_version, c.params_hash, c.params_json, c.dtype, r.spec_name, r.spec_hash,
        c.run_id, c.cell_key, c.computed_at
 FROM metrics m
@@ -434,8 +437,8 @@ class ResultStore:
                 )
             con.execute(
                 "INSERT INTO checkpoints (model, revision, step, commit_sha, suite, size, seed,"
-                " first_seen, weights_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?)"
-                " ON CONFLICT DO NOTHING",
+                " first_seen, weights_sha256, tokens_seen, stage)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?) ON CONFLICT DO NOTHING",
                 [
                     checkpoint.model,
                     checkpoint.revision,
@@ -445,6 +448,8 @@ class ResultStore:
                     checkpoint.size,
                     checkpoint.seed,
                     checkpoint.weights_sha256,
+                    checkpoint.tokens_seen,
+                    checkpoint.stage,
                 ],
             )
             if checkpoint.weights_sha256:

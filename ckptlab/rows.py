@@ -16,6 +16,8 @@ class CheckpointRow:
     size: str | None
     seed: int | None
     weights_sha256: str | None = None  # the weight files' digest: identical payloads match
+    tokens_seen: int | None = None  # the suite's axis (ckptlab.catalog); None: unknown
+    stage: str | None = None  # the training stage the revision names ('stage2')
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@ storage. YAML in, a validated frozen model out; every error names the field path
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import math
 import re
 import reprlib
 import stat
@@ -15,6 +17,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -26,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from ckptlab.catalog import SUITES
+from ckptlab.catalog import SUITES, Checkpoint, Suite, parse_token_count
 
 
 class SpecError(ValueError):
@@ -75,14 +78,55 @@ class LogSpaced(Strict):
     log_until: NonNegativeInt
 
 
+def _token_count(value: Any) -> Any:
+    try:
+        return parse_token_count(value)
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+
+
+# Editors (``ckptlab schema``) see what users write: a number or a string such as '10B'.
+TokenCount = Annotated[int, BeforeValidator(_token_count, json_schema_input_type=int | str)]
+
+
+class TokenRange(Strict):
+    """Every checkpoint nearest each multiple of ``every_tokens`` tokens seen (0, 10B, 20B, ...
+    up to the last checkpoint's tokens); ``10B``, ``500M``, ``2.5T`` or a plain integer."""
+
+    every_tokens: TokenCount
+
+
+class LogPoints(Strict):
+    """About ``log_points`` checkpoints log-spaced in tokens seen over the whole schedule
+    (in steps where a suite records no tokens seen), the first and last always included."""
+
+    log_points: Annotated[int, Field(ge=2)]
+
+
+_SELECTOR_KEYS = (
+    ("log_until", "log-spaced"),
+    ("every_tokens", "token-range"),
+    ("log_points", "log-points"),
+)
+_SELECTOR_TYPES = {
+    LogSpaced: "log-spaced",
+    TokenRange: "token-range",
+    LogPoints: "log-points",
+    StepRange: "step-range",
+}
+
+
 def _selector_kind(value: Any) -> str:
     if isinstance(value, dict):
-        return "log-spaced" if "log_until" in value else "step-range"
-    return "log-spaced" if isinstance(value, LogSpaced) else "step-range"
+        return next((kind for key, kind in _SELECTOR_KEYS if key in value), "step-range")
+    return _SELECTOR_TYPES.get(type(value), "step-range")
 
 
 Selector = Annotated[
-    Annotated[StepRange, Tag("step-range")] | Annotated[LogSpaced, Tag("log-spaced")],
+    Annotated[StepRange, Tag("step-range")]
+    | Annotated[LogSpaced, Tag("log-spaced")]
+    | Annotated[TokenRange, Tag("token-range")]
+    | Annotated[LogPoints, Tag("log-points")],
     Discriminator(_selector_kind),
 ]
 StepItem = NonNegativeInt | Selector
@@ -108,7 +152,8 @@ StepPattern = Annotated[str, AfterValidator(_step_regex)]
 
 
 class SuiteModels(Strict):
-    """Models from a catalogued suite (``pythia``, ``pico``)."""
+    """Models from a catalogued suite (``ckptlab suites``: pythia, olmo2, smollm2, ...). A
+    suite without a known schedule has the checkpoints its repos' revisions name."""
 
     suite: str
     sizes: Annotated[list[str], Field(min_length=1)]
@@ -297,7 +342,10 @@ def _format_loc(loc: tuple, data: Any, *, missing: bool = False) -> str:
 
 
 _WRONG_BRANCH = ("literal_error", "model_type", "list_type", "int_type", "dict_type")
-_STEPS_FORMS = "expected 'all', a list of steps, {every, start, stop} or {log_until}"
+_STEPS_FORMS = (
+    "expected 'all', a list of steps, {every, start, stop}, {log_until}, {every_tokens} or "
+    "{log_points}"
+)
 
 
 def _first_error(err: ValidationError, data: Any) -> SpecError:
@@ -322,36 +370,148 @@ def _first_error(err: ValidationError, data: Any) -> SpecError:
     return SpecError(path, f"{message} (got {_short(e['input'])})")
 
 
-def select_steps(steps: Steps, schedule: list[int], path: str) -> list[int]:
-    """Resolve a step selector against a suite's checkpoint schedule (sorted, unique)."""
+def _items(steps: Steps, path: str) -> list[tuple[str, Any]]:
+    """(field path, selector) of each item of a ``steps`` value."""
     if steps == "all":
-        return list(schedule)
-    items = steps if isinstance(steps, list) else [steps]
-    available = set(schedule)
-    chosen: set[int] = set()
-    for i, item in enumerate(items):
-        where = f"{path}[{i}]" if isinstance(steps, list) else path
+        return []
+    if isinstance(steps, list):
+        return [(f"{path}[{i}]", item) for i, item in enumerate(steps)]
+    return [(path, steps)]
+
+
+def _nearest(values: list[int], target: float) -> int:
+    """The value nearest ``target`` (the smaller one on a tie); ``values`` sorted, unique."""
+    at = bisect.bisect_left(values, target)
+    candidates = values[max(at - 1, 0) : at + 1]
+    return min(candidates, key=lambda v: (abs(v - target), v))
+
+
+def _nearest_log(values: list[int], target: float) -> int:
+    """The positive value nearest ``target`` on a log scale (the smaller one on a tie)."""
+    at = bisect.bisect_left(values, target)
+    candidates = [v for v in values[max(at - 1, 0) : at + 1] if v > 0]
+    return min(candidates, key=lambda v: (abs(math.log(v / target)), v))
+
+
+def every_tokens_targets(values: list[int], every: int) -> set[int]:
+    """The axis values picked by ``every_tokens``: for each multiple k * every (k = 0, 1, ...,
+    up to the largest value), the nearest value."""
+    return {_nearest(values, k * every) for k in range(values[-1] // every + 1)}
+
+
+def log_points_targets(values: list[int], points: int) -> set[int]:
+    """The axis values picked by ``log_points``: the first and the last, and the values
+    nearest (on a log scale) to ``points`` targets spaced evenly in log between the smallest
+    positive value and the largest (``points - 1`` targets when the first value is 0, which
+    counts as one of the points)."""
+    picked = {values[0], values[-1]}
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return picked
+    lo, hi = positive[0], positive[-1]
+    count = points - 1 if values[0] == 0 else points
+    if count <= 1 or lo == hi:
+        return picked | {hi}
+    ratio = math.log(hi / lo) / (count - 1)
+    return picked | {_nearest_log(positive, lo * math.exp(i * ratio)) for i in range(count)}
+
+
+def _axis(checkpoints: list[Checkpoint], item: Any, where: str) -> dict[int, list[Checkpoint]]:
+    """Axis value -> checkpoints, for the token selectors: tokens seen; for ``log_points`` in
+    a single-stage suite that records no tokens, the step."""
+    if all(c.tokens is not None for c in checkpoints):
+        key = "tokens"
+    elif isinstance(item, LogPoints) and len({c.stage for c in checkpoints}) == 1:
+        key = "step"
+    else:
+        field_name = "every_tokens" if isinstance(item, TokenRange) else "log_points"
+        raise SpecError(
+            where,
+            f"{field_name}: this suite's checkpoints have no tokens seen (tokens per step "
+            "unconfirmed); use every, log_until or a list of steps",
+        )
+    axis: dict[int, list[Checkpoint]] = {}
+    for c in checkpoints:
+        axis.setdefault(getattr(c, key), []).append(c)
+    return axis
+
+
+def select_checkpoints(steps: Steps, checkpoints: list[Checkpoint], path: str) -> list[Checkpoint]:
+    """Resolve a step selector against a repo's checkpoints; the result is in axis order.
+    Step selectors (a step, ``every``, ``log_until``) match the step a revision names, in
+    every stage; ``every_tokens`` and ``log_points`` work on tokens seen, one axis across
+    stages (a value several checkpoints share, like OLMo 2's ingredients, picks all)."""
+    if not checkpoints:
+        raise SpecError(path, "this model has no checkpoints to select from")
+    if steps == "all":
+        return list(checkpoints)
+    schedule = sorted({c.step for c in checkpoints})
+    chosen: set[Checkpoint] = set()
+    for where, item in _items(steps, path):
         if isinstance(item, int):
-            if item not in available:
+            picked = {c for c in checkpoints if c.step == item}
+            if not picked:
                 # The checkpoints either side: the two closest could both be on one side.
                 below = [s for s in schedule if s < item][-1:]
                 near = below + [s for s in schedule if s > item][:1]
                 raise SpecError(where, f"step {item} is not a checkpoint (nearest: {near})")
-            chosen.add(item)
-            continue
-        if isinstance(item, StepRange):
+        elif isinstance(item, StepRange):
             stop = item.stop if item.stop is not None else schedule[-1]
             picked = {
-                s
-                for s in schedule
-                if item.start <= s <= stop and (s - item.start) % item.every == 0
+                c
+                for c in checkpoints
+                if item.start <= c.step <= stop and (c.step - item.start) % item.every == 0
+            }
+        elif isinstance(item, LogSpaced):
+            picked = {
+                c
+                for c in checkpoints
+                if c.step <= item.log_until and (c.step == 0 or c.step & (c.step - 1) == 0)
             }
         else:
-            picked = {s for s in schedule if s <= item.log_until and (s == 0 or s & (s - 1) == 0)}
+            axis = _axis(checkpoints, item, where)
+            values = sorted(axis)
+            if isinstance(item, TokenRange):
+                targets = every_tokens_targets(values, item.every_tokens)
+            else:
+                targets = log_points_targets(values, item.log_points)
+            picked = {c for value in targets for c in axis[value]}
         if not picked:
             raise SpecError(where, "selects no checkpoint of this suite")
         chosen |= picked
-    return sorted(chosen)
+    return sorted(chosen, key=lambda c: c.order)
+
+
+def select_steps(
+    steps: Steps, schedule: list[int], path: str, tokens_per_step: int | None = None
+) -> list[int]:
+    """Resolve a step selector against a suite's checkpoint schedule (sorted, unique steps;
+    tokens seen = step x ``tokens_per_step`` for the token selectors)."""
+    checkpoints = [
+        Checkpoint(f"step{s}", s, None if tokens_per_step is None else s * tokens_per_step)
+        for s in schedule
+    ]
+    return sorted({c.step for c in select_checkpoints(steps, checkpoints, path)})
+
+
+def _check_suite_steps(source: SuiteModels, suite: Suite, size: str, where: str) -> None:
+    """Validation without the hub: a known schedule is resolved as planning will; for suites
+    whose repos are listed, only what the catalog can tell (token selectors need tokens)."""
+    known = suite.checkpoints(size)
+    if known is not None:
+        select_checkpoints(source.steps, known, f"{where}.steps")
+        return
+    for item_path, item in _items(source.steps, f"{where}.steps"):
+        needs_tokens = isinstance(item, TokenRange) or (
+            isinstance(item, LogPoints) and suite.stages_restart
+        )
+        if needs_tokens and not suite.records_tokens(size):
+            field_name = "every_tokens" if isinstance(item, TokenRange) else "log_points"
+            raise SpecError(
+                item_path,
+                f"{field_name}: suite {suite.name} records no tokens seen for size "
+                f"{size!r} (tokens per step unconfirmed); use every, log_until or steps",
+            )
 
 
 def step_from_revision(revision: str, pattern: str, path: str) -> int:
@@ -398,13 +558,17 @@ def _check_semantics(spec: Spec) -> None:
                 if any(s > 0 for s in source.seeds) and size not in suite.seeded_sizes:
                     raise SpecError(f"{where}.seeds", f"size {size!r} has no seed variants")
             for j, seed in enumerate(source.seeds):
-                if seed > suite.max_seed:
+                if suite.seed_values is not None and seed not in suite.seed_values:
+                    known_seeds = ", ".join(map(str, suite.seed_values))
+                    raise SpecError(f"{where}.seeds[{j}]", f"{suite.name} has seeds {known_seeds}")
+                if suite.seed_values is None and seed > suite.max_seed:
                     raise SpecError(
                         f"{where}.seeds[{j}]", f"{suite.name} has seeds 0..{suite.max_seed}"
                     )
             if source.deduped and not suite.has_deduped:
                 raise SpecError(f"{where}.deduped", f"suite {suite.name} has no deduped models")
-            select_steps(source.steps, list(suite.schedule), f"{where}.steps")
+            for size in source.sizes:
+                _check_suite_steps(source, suite, size, where)
             for name, values in (("sizes", source.sizes), ("seeds", source.seeds)):
                 for j, value in enumerate(values):
                     if values.index(value) != j:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from ckptlab.lineage import Lineage, faceted_metric_name
+from ckptlab.lineage import Lineage, Value
 from ckptlab.results import ResultStore
 from ckptlab.spec import Spec
 
@@ -26,6 +26,8 @@ class _Checkpoint:  # what Lineage.log_checkpoint reads of a checkpoint
     suite: str | None
     size: str | None
     seed: int | None
+    tokens_seen: int | None = None
+    stage: str | None = None
 
 
 def _labels(spec: Spec) -> list[tuple[str, str, dict]]:
@@ -69,6 +71,7 @@ def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None
         labels = _labels(spec)
         rows = store.query(
             "SELECT ch.model, ch.revision, ch.step, ch.suite, ch.size, ch.seed, c.commit_sha,"
+            " ch.tokens_seen, ch.stage,"
             " c.analysis, c.params_json, i.name AS input_set, m.metric, m.layer, m.value,"
             " m.task, m.shots, m.task_seed FROM metrics m JOIN cells c USING (cell_key)"
             " JOIN checkpoints ch ON ch.commit_sha = c.commit_sha"
@@ -79,16 +82,19 @@ def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None
         by_checkpoint: dict[tuple, list[tuple]] = {}
         for r in rows.iter_rows(named=True):
             key = (r["model"], r["revision"], r["step"], r["suite"], r["size"], r["seed"],
-                   r["commit_sha"])  # fmt: skip
-            name = faceted_metric_name(r["metric"], r["task"], r["shots"], r["task_seed"])
+                   r["commit_sha"], r["tokens_seen"], r["stage"])  # fmt: skip
             label = _label_of(labels, r["analysis"], r["params_json"])
             by_checkpoint.setdefault(key, []).append(
-                (label, r["analysis"], name, r["layer"], r["input_set"], r["value"])
-            )
-        for (model, revision, step, suite, size, seed, commit), values in by_checkpoint.items():
-            checkpoint = _Checkpoint(model, revision, step, suite, size, seed)
+                Value(label, r["analysis"], r["metric"], r["layer"], r["input_set"], r["value"],
+                      r["task"], r["shots"], r["task_seed"])
+            )  # fmt: skip
+        for key, values in by_checkpoint.items():
+            model, revision, step, suite, size, seed, commit, tokens, stage = key
+            checkpoint = _Checkpoint(model, revision, step, suite, size, seed, tokens, stage)
             lineage.log_checkpoint(checkpoint, commit, values)
         counts = {k: run[k] or 0 for k in ("cells_computed", "cells_cached", "cells_failed")}
+        counts |= {"checkpoints": len(by_checkpoint), "metric_rows": rows.height}
+        lineage.log_report(store.path)
         lineage.finish((run["status"] or "finished").upper(), counts)
         if lineage.pending:
             raise SyncError(lineage.pending)

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptlab.analyses.registry import AnalysisDef, get_analysis
-from ckptlab.catalog import SUITES
+from ckptlab.catalog import SUITES, Checkpoint, Suite, stage_rank
 from ckptlab.hub import (
     CheckpointError,
+    _not_cached,
+    _short,
+    cached_commit,
     fetch_snapshot,
+    hub_offline,
     load_tokenizer,
     local_checkpoint,
     resolve_commits,
@@ -29,7 +33,7 @@ from ckptlab.spec import (
     Spec,
     SpecError,
     SuiteModels,
-    select_steps,
+    select_checkpoints,
     step_from_revision,
 )
 
@@ -44,10 +48,22 @@ class CheckpointRef:
     suite: str | None = None
     size: str | None = None
     seed: int | None = None
+    # Tokens seen since the start of training (the suite's axis; None: unknown), and the
+    # training stage the revision names ('stage2'; None for single-stage runs).
+    tokens_seen: int | None = None
+    stage: str | None = None
 
     @property
     def label(self) -> str:
         return f"{self.model}@{self.revision}"
+
+    @property
+    def order(self) -> tuple:
+        """Training order: tokens seen, else stage then step (steps restart in a later
+        stage of some suites, so the step alone is not an order)."""
+        known = self.tokens_seen is not None
+        return (not known, self.tokens_seen or 0, stage_rank(self.stage), self.step,
+                self.seed or 0, self.revision)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,27 +145,131 @@ def cell_key(commit: str, definition: AnalysisDef, params_json: str, input_set_i
     )
 
 
-def expand_checkpoints(spec: Spec) -> list[CheckpointRef]:
+@dataclass(frozen=True)
+class Listing:
+    """A repo's revisions: name -> commit, from the hub (``online``) or the local cache."""
+
+    commits: dict[str, str]
+    online: bool
+
+
+# Where a placeholder stands for the revisions of a repo that could not be listed: its unit is
+# unresolved with the listing's reason, one line per model in ``ckptlab plan``.
+UNLISTED = "(revisions)"
+
+
+def list_revisions(
+    repo: str, hub_dir: Path | None, *, local_only: bool
+) -> Listing | CheckpointError:
+    """Every revision of a repo with its commit: ``HfApi.list_repo_refs`` (branches and tags)
+    with hub access; offline, the refs of the local hub cache (those whose snapshot is there,
+    read as ``resolve_commits`` reads them)."""
+    offline = local_only or hub_offline()
+    if not offline:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            refs = HfApi().list_repo_refs(repo)
+        except RepositoryNotFoundError:
+            return CheckpointError(repo, "no such repo")
+        except Exception as err:
+            return CheckpointError(repo, f"cannot list revisions: {_short(err)}")
+        return Listing({r.name: r.target_commit for r in [*refs.branches, *refs.tags]}, True)
+    commits: dict[str, str] = {}
+    if hub_dir is not None:
+        refs_dir = Path(hub_dir) / f"models--{repo.replace('/', '--')}" / "refs"
+        names = [p.relative_to(refs_dir).as_posix() for p in refs_dir.rglob("*") if p.is_file()]
+        for name in sorted(names):
+            commit = cached_commit(repo, name, Path(hub_dir))
+            if commit:
+                commits[name] = commit
+    if not commits:
+        return CheckpointError(repo, _not_cached(True))
+    return Listing(commits, False)
+
+
+def _requested_steps(steps) -> list[int]:
+    items = steps if isinstance(steps, list) else [steps]
+    return [item for item in items if isinstance(item, int) and not isinstance(item, bool)]
+
+
+def suite_checkpoints(
+    suite: Suite,
+    source: SuiteModels,
+    size: str,
+    repo: str,
+    hub_dir: Path | None,
+    listings: dict[str, Listing | CheckpointError],
+) -> tuple[list[Checkpoint], bool]:
+    """The checkpoints a suite has for one repo, and whether that is all of them: its known
+    schedule, else the repo's listed revisions parsed with the suite's convention. Offline,
+    the cache holds only what was downloaded (not all): a requested step the cache lacks is
+    still a checkpoint when the suite can name its revision (it will be unresolved, 'not in
+    the local hub cache'); a repo that cannot be listed at all is one placeholder checkpoint,
+    unresolved with the reason."""
+    known = suite.checkpoints(size)
+    if known is not None:
+        return known, True
+    if repo not in listings:
+        listings[repo] = list_revisions(repo, hub_dir, local_only=suite.local_only)
+    listing = listings[repo]
+    found = (
+        [] if isinstance(listing, CheckpointError) else suite.from_revisions(listing.commits, size)
+    )
+    if isinstance(listing, Listing) and listing.online:
+        return found, True
+    if suite.revision_format is not None:
+        have = {c.step for c in found}
+        for step in _requested_steps(source.steps):
+            if step not in have:
+                named = suite.parse(suite.revision(step), size)
+                if named is not None:
+                    found.append(named)
+    return sorted(found, key=lambda c: c.order), False
+
+
+def expand_checkpoints(
+    spec: Spec,
+    hub_dir: Path | None = None,
+    listings: dict[str, Listing | CheckpointError] | None = None,
+) -> list[CheckpointRef]:
+    """Every checkpoint the spec names, in spec order (a suite's in training order).
+    ``listings`` collects the revision listings made on the way (repo -> listing), which
+    ``resolve`` then reads instead of asking the hub again."""
+    listings = {} if listings is None else listings
     refs: list[CheckpointRef] = []
-    for source in spec.models:
+    for i, source in enumerate(spec.models):
         if isinstance(source, SuiteModels):
             suite = SUITES[source.suite]
-            steps = select_steps(source.steps, list(suite.schedule), "steps")
             for size in source.sizes:
                 for seed in source.seeds:
                     repo = suite.repo_id(size, seed, source.deduped)
+                    known, complete = suite_checkpoints(
+                        suite, source, size, repo, hub_dir, listings
+                    )
+                    try:
+                        chosen = select_checkpoints(source.steps, known, f"models[{i}].steps")
+                    except SpecError:
+                        if complete:
+                            raise
+                        # Offline, what the cache lacks is unresolved, not a spec error.
+                        chosen = [c for c in known if c.step in _requested_steps(source.steps)]
+                        chosen = chosen or [Checkpoint(UNLISTED, 0)]
                     refs += [
                         CheckpointRef(
-                            repo,
-                            suite.revision(step),
-                            step,
+                            c.repo or repo,
+                            c.revision,
+                            c.step,
                             "hub",
-                            local_only=suite.name == "pico",
+                            local_only=suite.local_only,
                             suite=suite.name,
                             size=size,
-                            seed=seed,
+                            seed=seed if c.seed is None else c.seed,
+                            tokens_seen=c.tokens,
+                            stage=c.stage,
                         )
-                        for step in steps
+                        for c in chosen
                     ]
         elif isinstance(source, HubModels):
             for rev in source.revisions:
@@ -180,8 +300,15 @@ def _local_checkpoints(source: LocalModels) -> list[CheckpointRef]:
     return sorted(refs, key=lambda r: r.step)
 
 
-def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str | CheckpointError]:
-    """Commit sha of every checkpoint (the content hash of the folder for local ones)."""
+def resolve(
+    refs: list[CheckpointRef],
+    hub_dir: Path,
+    listings: dict[str, Listing | CheckpointError] | None = None,
+) -> dict[CheckpointRef, str | CheckpointError]:
+    """Commit sha of every checkpoint (the content hash of the folder for local ones). A repo
+    listed from the hub while expanding is resolved from that listing (no second call); one
+    that could not be listed gives its reason to each of its checkpoints."""
+    listings = listings or {}
     resolved: dict[CheckpointRef, str | CheckpointError] = {}
     by_repo: dict[tuple[str, bool], list[CheckpointRef]] = {}
     for ref in refs:
@@ -193,6 +320,19 @@ def resolve(refs: list[CheckpointRef], hub_dir: Path) -> dict[CheckpointRef, str
         else:
             by_repo.setdefault((ref.model, ref.local_only), []).append(ref)
     for (repo, local_only), repo_refs in by_repo.items():
+        listing = listings.get(repo)
+        if isinstance(listing, CheckpointError):
+            resolved.update({r: CheckpointError(r.label, listing.reason) for r in repo_refs})
+            continue
+        if isinstance(listing, Listing) and listing.online:
+            resolved.update(
+                {
+                    r: listing.commits.get(r.revision)
+                    or CheckpointError(r.label, "no such revision")
+                    for r in repo_refs
+                }
+            )
+            continue
         commits = resolve_commits(
             repo, [r.revision for r in repo_refs], hub_dir, local_only=local_only
         )
@@ -236,7 +376,7 @@ def pick_references(
         wanted = definition.params_model.model_validate(entry.params).reference
         for model, model_refs in by_model.items():
             if wanted == "last":
-                reference = max(model_refs, key=lambda r: r.step)
+                reference = max(model_refs, key=lambda r: r.order)
             else:
                 matches = [r for r in model_refs if r.step == wanted]
                 if not matches:
@@ -299,8 +439,9 @@ def check_context(spec: Spec, model: str, config: dict) -> None:
 def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
     cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
-    refs = expand_checkpoints(spec)
-    commits = resolve(refs, hub_dir)
+    listings: dict[str, Listing | CheckpointError] = {}
+    refs = expand_checkpoints(spec, hub_dir, listings)
+    commits = resolve(refs, hub_dir, listings)
     definitions = {entry.key: get_analysis(entry.name) for entry in spec.analyses}
     reference_of, reference_errors = pick_references(spec, refs, commits)
     contexts = analysis_contexts(spec)

@@ -15,17 +15,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
+from rich.text import Text
 
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import code_version
 from ckptlab.home import ckptlab_home
-from ckptlab.lineage import Lineage, faceted_metric_name
+from ckptlab.lineage import Lineage, Value
 from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, Unit, build_plan
 from ckptlab.orchestrator.sketches import (
@@ -115,8 +117,9 @@ def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointR
     ref = unit.checkpoint
     digest = result.weights_sha256 if result is not None else None
     return CheckpointRow(
-        ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed, digest
-    )
+        ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed, digest,
+        tokens_seen=ref.tokens_seen, stage=ref.stage,
+    )  # fmt: skip
 
 
 def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
@@ -146,9 +149,8 @@ def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
         [done],
     )
     values: dict[str, list[tuple]] = {}
-    for key, layer, metric, value, task, shots, task_seed in frame.iter_rows():
-        name = faceted_metric_name(metric, task, shots, task_seed)
-        values.setdefault(key, []).append((name, layer, value))
+    for key, *value in frame.iter_rows():  # (layer, metric, value, task, shots, task_seed)
+        values.setdefault(key, []).append(tuple(value))
     return values
 
 
@@ -183,12 +185,13 @@ class _Lifecycle:
         self.cells_by_key = {c.key: c for u in plan.units for c in u.cells if c.key}
 
     def log(self, unit: Unit, keyed_values: dict[str, list[tuple]]) -> None:
+        """keyed_values: cell key -> (layer, metric, value, task, shots, task_seed) rows."""
         rows = []
         for key, values in keyed_values.items():
             cell = self.cells_by_key[key]
             rows += [
-                (cell.label, cell.analysis, metric, layer, cell.input_set, value)
-                for metric, layer, value in values
+                Value(cell.label, cell.analysis, metric, layer, cell.input_set, value, *facets)
+                for layer, metric, value, *facets in values
             ]
         if rows:
             self.lineage.log_checkpoint(unit.checkpoint, unit.commit, rows)
@@ -239,8 +242,9 @@ class _Lifecycle:
         values: dict[str, list[tuple]] = {}
         for m in result.metrics:
             if m.item is None:  # per-item rows (e.g. per neuron) stay in DuckDB only
-                name = faceted_metric_name(m.metric, m.task, m.shots, m.task_seed)
-                values.setdefault(m.cell_key, []).append((name, m.layer, m.value))
+                values.setdefault(m.cell_key, []).append(
+                    (m.layer, m.metric, m.value, m.task, m.shots, m.task_seed)
+                )
         self.log(unit, values)
 
     def finish(self, status: str, summary: RunSummary) -> None:
@@ -248,7 +252,10 @@ class _Lifecycle:
             "cells_computed": summary.cells_computed,
             "cells_cached": summary.cells_cached,
             "cells_failed": summary.cells_failed,
+            "checkpoints": summary.checkpoints,
+            "metric_rows": summary.metric_rows,
         }
+        self.lineage.log_report(self.store.path)
         self.lineage.finish(status, counts)
         summary.lineage_pending = self.lineage.pending
         # If the file is held now, the next run marks this one killed; its units are stored.
@@ -264,15 +271,87 @@ class _Lifecycle:
             )
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+class _RunEta(TimeRemainingColumn):
+    """Time left at the run's average pace so far (elapsed / finished checkpoints). Rich's own
+    estimate divides by the gaps between recent finishes, which a pool of workers finishing
+    together makes far too short, and it needs two finishes to say anything."""
+
+    def render(self, task: Task) -> Text:
+        remaining = _remaining(task.elapsed, task.completed, task.total)
+        text = "-:--:--" if remaining is None else _clock(remaining)
+        return Text(text, style="progress.remaining")
+
+
+def _remaining(elapsed: float | None, done: float, total: float | None) -> float | None:
+    if total is not None and done >= total:
+        return 0.0
+    if not done or not elapsed or total is None:
+        return None
+    return elapsed * (total - done) / done
+
+
+class _RunProgress:
+    """A run's progress, by checkpoint (unit). Units run on remote workers and report only when
+    they finish, so there are no per-checkpoint bars: one bar advances per finished unit, with
+    the cells those units held and an ETA, redrawn in place on a terminal. Anywhere else (CI
+    logs, pipes, a Ray Job's log) nothing is redrawn: each finished unit's line carries the
+    counts and the ETA, and a last line the totals."""
+
+    def __init__(self, console: Console, name: str, units: int, cells: int):
+        self.console, self.name = console, name
+        self.units, self.cells = units, cells
+        self.units_done = self.cells_done = 0
+        self.live = console.is_terminal and not console.is_dumb_terminal
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[counts]} · ETA"),
+            _RunEta(),
+            TextColumn("·"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self.bar = self.progress.add_task(name, total=units, counts=self.counts())
+
+    def counts(self) -> str:
+        return f"{self.units_done}/{self.units} checkpoints · {self.cells_done}/{self.cells} cells"
+
+    def __enter__(self) -> _RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+        if not self.live:  # the terminal keeps the finished bar; a log gets the totals
+            seconds = time.perf_counter() - self.started
+            self.console.print(
+                f"{self.name}: {self.counts()} in {seconds:.1f}s", highlight=False, soft_wrap=True
+            )
+
+    def print(self, line: str, **kwargs) -> None:
+        self.progress.console.print(line, soft_wrap=True, **kwargs)
+
+    def unit_done(self, cells: int, line: str) -> None:
+        """A unit finished (stored, failed or lost) with ``cells`` cells: its line, then the
+        bar."""
+        self.units_done += 1
+        self.cells_done += cells
+        self.progress.update(self.bar, advance=1, counts=self.counts())
+        if not self.live:
+            elapsed = time.perf_counter() - self.started
+            remaining = _remaining(elapsed, self.units_done, self.units)
+            eta = f", ETA {_clock(remaining)}" if remaining else ""
+            line += f"  ({self.units_done}/{self.units} checkpoints{eta})"
+        self.print(line)
 
 
 def run_plan(
@@ -339,15 +418,8 @@ def run_plan(
                     summary.failures.append(f"{unit.checkpoint.label}: {unit.error}")
                     summary.cells_failed += run.record_unresolved(unit)
 
-            with _progress(console) as progress:
-                overall = progress.add_task(
-                    f"[bold]{plan.spec.name}: checkpoints", total=len(first) + len(later)
-                )
-                bars: dict = {}
-
-                def on_start(task: UnitTask) -> None:
-                    label = f"  {task.checkpoint.label}"
-                    bars[task.checkpoint] = progress.add_task(label, total=len(task.cells))
+            cells = sum(len(t.cells) for t in first) + sum(len(u.missing) for u in later)
+            with _RunProgress(console, plan.spec.name, len(first) + len(later), cells) as progress:
 
                 def finished(task: UnitTask, outcome) -> None:
                     result = (
@@ -362,7 +434,7 @@ def run_plan(
                         run.persist(units[task.checkpoint], result)
                         twin = run.store.duplicates(task.checkpoint.model, task.checkpoint.revision)
                         if twin:
-                            progress.console.print(
+                            progress.print(
                                 f"  [yellow]warning[/yellow] {task.checkpoint.label} has the "
                                 f"same weights as {twin} (flagged: checkpoints.duplicate_of)",
                                 highlight=False,
@@ -374,20 +446,19 @@ def run_plan(
                     summary.failures += [
                         f"{task.checkpoint.label} {f.analysis}: {f.error}" for f in result.failures
                     ]
-                    progress.remove_task(bars.pop(task.checkpoint))
-                    progress.advance(overall)
                     failed = len(result.failures) + len(result.sketch_errors)
-                    state = "[green]ok" if not failed else f"[red]{failed} failed"
+                    state = "[green]ok[/green]" if not failed else f"[red]{failed} failed[/red]"
                     made = f", {len(result.sketches)} sketch(es)" if task.sketches else ""
-                    progress.console.print(
+                    progress.unit_done(
+                        len(task.cells),
                         f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells"
-                        f"{made}, {result.seconds:.2f}s on {result.device} {state}"
+                        f"{made}, {result.seconds:.2f}s on {result.device} {state}",
                     )
 
-                for task, outcome in executor.run(first, on_start, references):
+                for task, outcome in executor.run(first, references=references):
                     finished(task, outcome)
                 tasks = [_task(u, plan, hub_dir, reference_errors) for u in later]
-                for task, outcome in executor.run(tasks, on_start, references):
+                for task, outcome in executor.run(tasks, references=references):
                     finished(task, outcome)
             status = "FINISHED" if not summary.cells_failed else "FAILED"
         finally:

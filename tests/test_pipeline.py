@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from polars.testing import assert_frame_equal
 from rich.console import Console
 from transformers import AutoModelForCausalLM
 
@@ -25,6 +27,7 @@ from reference import gram_mean_pairwise_cosine, naive_cross_entropy, naive_sing
 STEPS = [0, 4, 32, 100]
 SPEC = {
     "name": "e2e",
+    "description": "Two pico sizes over early training.",
     "models": [{"suite": "pico", "sizes": ["xs", "s"], "steps": STEPS}],
     "input_sets": [
         {
@@ -153,7 +156,7 @@ def test_cross_entropy_falls_over_training(first_run):
         assert values[0] == pytest.approx(np.log(512), abs=0.05)  # an untrained model is uniform
 
 
-def test_mlflow_lineage(first_run):
+def test_mlflow_lineage(first_run, tmp_path):
     db, uri, _plan, summary = first_run
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("e2e")
@@ -197,8 +200,22 @@ def test_mlflow_lineage(first_run):
                     )
                 )
                 assert row.height == 1 and point.value == pytest.approx(row["value"].item())
-        for revision, commit in mine.select("revision", "commit_sha").unique().iter_rows():
-            assert child.data.tags[f"commit.{revision}"] == commit
+        # Commits: one table per model run, not a tag per revision.
+        table = client.download_artifacts(child.info.run_id, "checkpoints.csv", str(tmp_path))
+        logged = pl.read_csv(table, schema_overrides={"commit": pl.String}).drop("tokens_seen")
+        expected = mine.select("revision", "step", pl.col("commit_sha").alias("commit")).unique()
+        assert_frame_equal(logged.sort("step"), expected.sort("step"))
+        assert child.data.tags["ckptlab.checkpoints"] == str(len(STEPS))
+        assert not any(tag.startswith("commit.") for tag in child.data.tags)
+    # The parent: the run's summary as metrics, typed flat params, the description.
+    assert parent.data.metrics["cells_computed"] == summary.cells_computed
+    assert parent.data.metrics["cells_failed"] == 0
+    assert parent.data.params["models.pico.sizes"] == "xs, s"
+    assert parent.data.tags["mlflow.note.content"] == SPEC["description"]
+    # The report's figures and page, as the parent's artifacts.
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/index.html" in report
+    assert sum(path.endswith(".png") for path in report) >= 3
 
 
 def test_second_run_adds_nothing(first_run, pico_hub):

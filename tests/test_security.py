@@ -326,7 +326,7 @@ def test_remote_code_runs_only_when_the_spec_trusts_it(sec_home, tmp_path, relia
         on = trust is True
         assert s["ran"] is on, (trust, s)
         assert s["runs"] is on
-        assert s["param"] == str(on) and s["tag"] == str(on).lower()
+        assert s["param"] == str(on).lower() and s["tag"] == str(on).lower()
     assert int(marker.read_text()) != os.getpid()  # it ran in the run's process, not here
 
 

@@ -13,6 +13,7 @@ from ckptlab.cli.app import app
 __all__ = ["app", "main"]
 
 from ckptlab.cli import runs, jobs, results, catalog  # noqa: F401, I001
+from ckptlab.cli import report  # noqa: F401
 
 
 def main() -> None:  # pragma: no cover

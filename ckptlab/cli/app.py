@@ -1,7 +1,15 @@
-"""The CLI's shared pieces: the typer app, consoles, common options, one-line failures."""
+"""The CLI's shared pieces: the typer app, consoles, common options, one-line failures.
+
+Exit codes, the same for every command (README, "Exit codes"): 0 ok; 1 the command ran and
+something failed (cells failed, the results file busy, a cluster or job problem, a query
+refused or failing); 2 bad input (a bad spec, option or argument, a usage error); 130
+interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -23,6 +31,52 @@ pico_app = typer.Typer(no_args_is_help=True, help="The pico suite: tiny GPT-NeoX
 app.add_typer(pico_app, name="pico")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ckptlab.code_version import code_version
+
+        # code_version: the release (ckptlab.__version__) plus the git commit of a checkout
+        # (+g<sha>[.dirty]) or the version a shipped copy recorded.
+        sys.stdout.write(f"ckptlab {code_version()}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print ckptlab's version (release and code) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Representation analyses over every checkpoint of LM training runs."""
+
+
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="One JSON object on stdout, for scripts; progress and notes go to stderr. "
+        "Errors stay one line on stderr with the same exit codes.",
+    ),
+]
+
+
+def human(json_output: bool) -> Console:
+    """Where a command's text for people goes: stdout, or stderr when stdout carries JSON."""
+    return err_console if json_output else console
+
+
+def emit_json(value: dict) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+    sys.stdout.flush()
+
 
 DbOption = Annotated[Path | None, typer.Option("--db", help="Results DuckDB file.")]
 TrackingOption = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI.")]

@@ -1,7 +1,10 @@
-"""``ckptlab analyses`` and ``pico build``: what ckptlab knows and the suite it makes."""
+"""``ckptlab analyses``, ``suites`` and ``pico build``: what ckptlab knows and the suite it
+makes."""
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated
 
 import typer
@@ -24,6 +27,103 @@ def list_analyses() -> None:
             name, str(definition.version), ", ".join(sorted(definition.needs)), first_line
         )
     console.print(table)
+
+
+def _seeds_text(suite) -> str:
+    if suite.seed_values is not None:
+        return ", ".join(map(str, suite.seed_values))
+    if suite.max_seed and suite.seeded_sizes:
+        sized = (
+            ""
+            if set(suite.seeded_sizes) == set(suite.sizes)
+            else " (" + ", ".join(suite.seeded_sizes) + ")"
+        )
+        return f"0-{suite.max_seed}{sized}"
+    return "0"
+
+
+def _suite_summary(suite) -> dict:
+    from ckptlab.catalog import format_tokens
+
+    repos = {}
+    for size in suite.sizes:
+        for seed in suite.seeds_for(size):
+            repos[f"{size}" if seed == 0 else f"{size}/seed{seed}"] = suite.repo_id(size, seed)
+    return {
+        "name": suite.name,
+        "title": suite.title,
+        "sizes": list(suite.sizes),
+        "seeds": _seeds_text(suite),
+        "deduped": suite.has_deduped,
+        "checkpoints": suite.checkpoint_count(),
+        "revisions": suite.convention,
+        "tokens_per_step": {s: suite.step_tokens(s) for s in suite.sizes},
+        "tokens_per_step_text": suite.tokens_per_step_text(),
+        "stage1_tokens": {s: format_tokens(t) for s, t in suite.stage1_tokens.items()},
+        "repos": repos if not suite.checkpoint_repos else list(suite.checkpoint_repos),
+        "source": suite.source,
+        "notes": suite.notes,
+    }
+
+
+@app.command("suites")
+def list_suites(
+    name: Annotated[
+        str | None, typer.Argument(help="One suite: its repos, conventions and sources.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")
+    ] = False,
+) -> None:
+    """List the catalogued suites: sizes, seeds, checkpoints, revision names, tokens per step."""
+    from ckptlab.catalog import SUITES
+
+    if name is not None and name not in SUITES:
+        raise fail(f"unknown suite {name!r} (known: {', '.join(SUITES)})", 2)
+    chosen = [SUITES[name]] if name else list(SUITES.values())
+    summaries = [_suite_summary(s) for s in chosen]
+    if json_output:
+        sys.stdout.write(json.dumps({"suites": summaries}) + "\n")
+        return
+    if name is None:
+        table = Table()
+        for column in ("suite", "sizes", "seeds", "checkpoints", "revisions", "tokens/step"):
+            table.add_column(column)
+        for s, summary in zip(chosen, summaries, strict=True):
+            sizes = ", ".join(s.sizes) + (" (+deduped)" if s.has_deduped else "")
+            table.add_row(
+                s.name,
+                sizes,
+                summary["seeds"],
+                summary["checkpoints"],
+                s.convention,
+                summary["tokens_per_step_text"],
+            )
+        console.print(table)
+        console.print("ckptlab suites NAME: a suite's repos, sources and notes", highlight=False)
+        return
+    [summary] = summaries
+    suite = chosen[0]
+    console.print(f"[bold]{suite.name}[/bold]: {suite.title}", highlight=False)
+    lines = [
+        ("checkpoints", summary["checkpoints"]),
+        ("revisions", suite.convention),
+        ("tokens/step", summary["tokens_per_step_text"]),
+        ("seeds", summary["seeds"]),
+    ]
+    if summary["stage1_tokens"]:
+        stage1 = ", ".join(f"{k}: {v}" for k, v in summary["stage1_tokens"].items())
+        lines.append(("stage 1 ends at", stage1))
+    if suite.notes:
+        lines.append(("notes", suite.notes))
+    lines.append(("source", suite.source))
+    for key, value in lines:
+        console.print(f"  {key}: {value}", highlight=False, soft_wrap=True)
+    repos = summary["repos"]
+    console.print("  repos:", highlight=False)
+    items = repos.items() if isinstance(repos, dict) else ((str(i), r) for i, r in enumerate(repos))
+    for key, repo in items:
+        console.print(f"    {key}: {repo}", highlight=False, soft_wrap=True)
 
 
 @pico_app.command("build")

@@ -34,6 +34,8 @@ def query(
 
     from ckptlab.results import QueryRefused, ResultsBusy, ResultStore
 
+    if format == Format.parquet and output is None:  # a usage error: before any query
+        raise fail("--format parquet needs --output FILE", 2)
     store = ResultStore(db_of(None, db))
     try:
         frame = store.user_query(sql)
@@ -42,8 +44,6 @@ def query(
     except duckdb.Error as err:
         raise fail(str(err).splitlines()[0], 1) from None
     if format == Format.parquet:
-        if output is None:
-            raise fail("--format parquet needs --output FILE", 2)
         frame.write_parquet(output)
         return
     if format == Format.csv:

@@ -1,23 +1,33 @@
-"""``ckptlab validate``, ``plan`` and ``run``."""
+"""``ckptlab validate``, ``schema``, ``plan`` and ``run``."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
+from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from ckptlab.cli.app import (
     DbOption,
+    JsonOption,
+    Spec,
     SpecArg,
     TrackingOption,
     WaitForWorkersOption,
     app,
     console,
     db_of,
+    emit_json,
     fail,
     hub_cache_dir,
+    human,
     load,
     plan_of,
     redacted,
@@ -34,11 +44,73 @@ def validate(spec_path: SpecArg) -> None:
     )
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def spec_json_schema() -> dict:
+    """The spec's JSON Schema (pydantic's, draft 2020-12), for editors and other tools. It
+    checks the shape (fields, types, unknown fields); ``ckptlab validate`` also checks what
+    only the catalog and the registry know (sizes, steps, analyses' params)."""
+    generated = Spec.model_json_schema()
+    generated.pop("title", None)
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "title": "ckptlab spec",
+        "description": "A ckptlab run: models x checkpoint steps, input sets, analyses "
+        "(README.md, 'A spec'). `ckptlab validate SPEC` checks what a schema cannot: "
+        "suites, sizes, steps, analyses and their params.",
+        **generated,
+    }
+
+
 @app.command()
-def plan(spec_path: SpecArg, db: DbOption = None) -> None:
+def schema() -> None:
+    """Print the spec's JSON Schema (for editors: README, 'Editor support')."""
+    sys.stdout.write(json.dumps(spec_json_schema(), indent=2) + "\n")
+
+
+def plan_summary(spec: Spec, the_plan) -> dict:
+    """``ckptlab plan --json``: the plan's counts and its units, for scripts."""
+    return {
+        "spec": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "checkpoints": len(the_plan.units),
+        "checkpoints_todo": len(the_plan.todo),
+        "cells_total": the_plan.total_cells,
+        "cells_done": the_plan.total_cells - the_plan.missing_cells,
+        "cells_todo": the_plan.missing_cells,
+        "units": [
+            {
+                "model": u.checkpoint.model,
+                "revision": u.checkpoint.revision,
+                "step": u.checkpoint.step,
+                "commit": u.commit,
+                "cells": len(u.cells),
+                "missing": len(u.missing),
+            }
+            for u in the_plan.units
+        ],
+        "unresolved": [
+            {
+                "model": u.checkpoint.model,
+                "revision": u.checkpoint.revision,
+                "step": u.checkpoint.step,
+                "error": u.error,
+            }
+            for u in the_plan.units
+            if u.commit is None
+        ],
+    }
+
+
+@app.command()
+def plan(spec_path: SpecArg, db: DbOption = None, json_output: JsonOption = False) -> None:
     """Dry run: units, cells, what is already done, which checkpoints. Starts no Ray."""
     spec, _ = load(spec_path)
     the_plan = plan_of(spec, spec_path, db_of(spec, db))
+    if json_output:
+        emit_json(plan_summary(spec, the_plan))
+        return
     table = Table(title=f"plan for {spec.name}")
     for column in ("model", "checkpoints", "steps", "cells", "done", "to compute", "unresolved"):
         table.add_column(column)
@@ -125,70 +197,36 @@ def run(
             "(git commit) differs.",
         ),
     ] = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow."""
+    """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow.
+
+    Exit code 0 when every cell was stored, 1 when cells failed (the summary names them) or
+    the cluster or the results file was not usable, 2 for a bad spec or option, 130 when
+    interrupted."""
     spec, text = load(spec_path)  # a bad spec fails before the heavy imports below
-    import ckptlab
-    from ckptlab.code_version import code_version
-
-    if expect_version:
-        release = expect_version.split("+")[0]
-        if release != ckptlab.__version__:
-            raise fail(
-                f"this is ckptlab {ckptlab.__version__}, the job was planned with "
-                f"{expect_version}; install that version or submit with --code ship",
-                2,
-            )
-        if expect_version != code_version():
-            console.print(
-                f"[yellow]note[/yellow] this install is ckptlab {code_version()}; the job was "
-                f"planned with {expect_version} (same release, other code?)",
-                highlight=False,
-            )
-    from ckptlab.orchestrator.cluster import AddressError, ClusterError
-    from ckptlab.orchestrator.executors import (
-        InlineExecutor,
-        RayExecutor,
-        ResourceError,
-    )
-    from ckptlab.orchestrator.runner import run_plan
-    from ckptlab.results import ResultsBusy
-
-    try:  # a bad --address or RAY_ADDRESS fails before any planning
-        backend = (
-            RayExecutor(spec.resources, address, wait_for_workers)
-            if executor == Executor.ray
-            else InlineExecutor(spec.resources)
-        )
-    except AddressError as err:
-        raise fail(str(err), 2) from None
-    db_path = db_of(spec, db)
-    the_plan = plan_of(spec, spec_path, db_path)
-    if retry_failed:
-        only_failed(the_plan, db_path)
-    if not the_plan.todo:
-        console.print(
-            f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "
-            f"{len(the_plan.units)} checkpoints are already in {db_path}."
-        )
-        return
-    try:
-        summary = run_plan(
-            the_plan,
+    db_path, uri = db_of(spec, db), tracking_of(spec, tracking_uri)
+    # With --json, stdout carries the one JSON object: whatever else would be written there
+    # while the run goes (the progress, a library's print) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext():
+        summary = _run_spec(
+            spec,
             text,
+            spec_path,
             db_path,
-            tracking_of(spec, tracking_uri),
-            hub_cache_dir(),
-            backend,
-            console,
+            uri,
+            _Backend(executor, address, wait_for_workers),
+            retry_failed,
+            expect_version,
+            human(json_output),
         )
-    except (ResourceError, ClusterError, ResultsBusy) as err:
-        raise fail(str(err), 1) from None
-    except KeyboardInterrupt:
-        raise fail(
-            "interrupted: every finished checkpoint is stored; run again to resume", 130
-        ) from None
-
+    if json_output:
+        emit_json(run_summary(spec, summary, db_path, uri))
+        if summary.cells_failed:
+            raise typer.Exit(1)
+        return
+    if summary.nothing_to_do:
+        return
     table = Table(title=f"{spec.name}: run {summary.run_id[:8]}", show_header=False)
     table.add_row("checkpoints", f"{summary.checkpoints} ({summary.checkpoints_run} with work)")
     table.add_row("cells computed", str(summary.cells_computed))
@@ -197,8 +235,7 @@ def run(
     table.add_row("metric rows written", str(summary.metric_rows))
     table.add_row("time", f"{summary.seconds:.1f}s")
     table.add_row("results", str(db_path))
-    uri = redacted(tracking_of(spec, tracking_uri))
-    table.add_row("mlflow", f"{uri} (run {summary.mlflow_run_id})")
+    table.add_row("mlflow", f"{redacted(uri)} (run {summary.mlflow_run_id})")
     console.print(table)
     for failure in summary.failures[:20]:
         console.print(f"[red]failed[/red] {failure}", highlight=False, soft_wrap=True)
@@ -218,6 +255,111 @@ def run(
             highlight=False,
         )
         raise typer.Exit(1)
+
+
+@dataclass
+class _Backend:
+    executor: Executor
+    address: str | None
+    wait_for_workers: float
+
+
+def _run_spec(
+    spec: Spec,
+    text: str,
+    spec_path: Path,
+    db_path: Path,
+    uri: str,
+    backend: _Backend,
+    retry_failed: bool,
+    expect_version: str | None,
+    out: Console,
+):
+    """Plan and run: the RunSummary (run_id None when there was nothing to compute); the text
+    for people goes to ``out``."""
+    import ckptlab
+    from ckptlab.code_version import code_version
+
+    if expect_version:
+        release = expect_version.split("+")[0]
+        if release != ckptlab.__version__:
+            raise fail(
+                f"this is ckptlab {ckptlab.__version__}, the job was planned with "
+                f"{expect_version}; install that version or submit with --code ship",
+                2,
+            )
+        if expect_version != code_version():
+            out.print(
+                f"[yellow]note[/yellow] this install is ckptlab {code_version()}; the job was "
+                f"planned with {expect_version} (same release, other code?)",
+                highlight=False,
+            )
+    from ckptlab.orchestrator.cluster import AddressError, ClusterError
+    from ckptlab.orchestrator.executors import (
+        InlineExecutor,
+        RayExecutor,
+        ResourceError,
+    )
+    from ckptlab.orchestrator.runner import RunSummary, run_plan
+    from ckptlab.results import ResultsBusy
+
+    try:  # a bad --address or RAY_ADDRESS fails before any planning
+        executor = (
+            RayExecutor(spec.resources, backend.address, backend.wait_for_workers)
+            if backend.executor == Executor.ray
+            else InlineExecutor(spec.resources)
+        )
+    except AddressError as err:
+        raise fail(str(err), 2) from None
+    the_plan = plan_of(spec, spec_path, db_path)
+    if retry_failed:
+        try:
+            only_failed(the_plan, db_path)
+        except ResultsBusy as err:
+            raise fail(str(err), 1) from None
+    if not the_plan.todo:
+        if retry_failed:
+            out.print(
+                f"Nothing to retry: no failed cell of {spec.name!r} is missing from {db_path}."
+            )
+        else:
+            out.print(
+                f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "
+                f"{len(the_plan.units)} checkpoints are already in {db_path}."
+            )
+        total = the_plan.total_cells
+        return RunSummary(None, len(the_plan.units), 0, total, total - the_plan.missing_cells)
+    try:
+        return run_plan(the_plan, text, db_path, uri, hub_cache_dir(), executor, out)
+    except (ResourceError, ClusterError, ResultsBusy) as err:
+        raise fail(str(err), 1) from None
+    except KeyboardInterrupt:
+        raise fail(
+            "interrupted: every finished checkpoint is stored; run again to resume", 130
+        ) from None
+
+
+def run_summary(spec: Spec, summary, db_path, tracking_uri: str) -> dict:
+    """``ckptlab run --json``: the run's summary, for scripts (run_id null: nothing to do)."""
+    return {
+        "spec": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "run_id": summary.run_id,
+        "mlflow_run_id": summary.mlflow_run_id,
+        "checkpoints": summary.checkpoints,
+        "checkpoints_run": summary.checkpoints_run,
+        "cells_total": summary.cells_total,
+        "cells_computed": summary.cells_computed,
+        "cells_cached": summary.cells_cached,
+        "cells_failed": summary.cells_failed,
+        "metric_rows": summary.metric_rows,
+        "seconds": round(summary.seconds, 3),
+        "failures": summary.failures,
+        "duplicates": summary.duplicates,
+        "lineage_pending": summary.lineage_pending,
+        "db": str(db_path),
+        "tracking_uri": redacted(tracking_uri),
+    }
 
 
 def only_failed(the_plan, db_path) -> None:

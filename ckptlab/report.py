@@ -1,0 +1,858 @@
+"""Figures of a spec's (or one run's) results: a PNG and an SVG per figure, the plotted numbers
+in ``figures.json``, and one self-contained ``index.html`` (PNGs embedded as base64, no
+external resource).
+
+What is selected:
+
+- a **spec name**: every ``results`` row whose ``spec_name`` is it, whichever of its runs
+  computed the cell;
+- a **run**: the rows of that run's spec that existed when it finished, i.e. ``spec_name`` =
+  the run's and ``computed_at`` <= its ``finished_at`` (now, if it has not finished). A cell a
+  rerun found already stored keeps the run_id of the run that computed it, so filtering on
+  ``run_id`` alone would leave out everything cached.
+
+Within it, each analysis is read at its latest ``analysis_version`` (older versions' cells stay
+in the database); several parameter sets or input sets of one analysis become separate lines
+(or panels), labelled by input set and params hash. Per-item rows (``item`` not NULL) are not
+drawn.
+
+Figures (matplotlib, Agg, colorblind-safe: Okabe-Ito lines, viridis maps):
+
+- ``saturation``: cross-entropy vs step; ``lm_head_singular_entropy``: KL(p‖uniform) of the
+  LM head's normalised singular values vs step;
+- ``line__<analysis>__<metric>``: every other scalar or per-layer metric (``task`` NULL) vs
+  step, one line per model (colour = size, line style = seed); a per-layer metric is drawn at
+  each model's **last layer** (the legend names it), the heatmaps show every layer. The x axis
+  is the training step on matplotlib's ``symlog`` scale with ``linthresh=1`` (linear on [0, 1],
+  logarithmic above), so step 0 is drawn as itself, not shifted;
+- ``heatmap__<analysis>__<metric>``: layer × checkpoint for metrics with several layers, one
+  panel per model, one colour scale per figure; columns are the checkpoints in step order;
+- ``icl__<model>``: ICL accuracy vs number of demonstrations, a few steps (colour = step), mean
+  over task seeds, chance (``chance_accuracy``) and the bag-of-words baseline (``bow_accuracy``,
+  mean over the drawn steps), one panel per task;
+- a table of the selected runs' ``failures`` in the HTML.
+
+``render_report`` never raises because data is partial or odd: a figure it cannot draw is
+skipped with a note in the HTML. It raises ``ReportError`` only when there is nothing to select
+from (no database, no such run, neither a spec name nor a run).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from ckptlab.results import ResultStore
+
+DPI = 100
+# Okabe & Ito (2008): distinguishable with every common colour-vision deficiency. Yellow last.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000", "#F0E442")
+LINESTYLES = ("-", "--", ":", "-.")
+# Counts a run records for bookkeeping: constant over training, not worth a figure.
+BOOKKEEPING = frozenset(
+    {"num_predicted_tokens", "lm_head_rows", "twonn_points", "neurons", "num_clusters"}
+)
+NAMED = {
+    ("saturation", "cross_entropy"): (
+        "saturation",
+        "Saturation: cross-entropy (nats/token) over training",
+        "cross-entropy (nats/token)",
+    ),
+    ("singular_entropy", "singular_entropy"): (
+        "lm_head_singular_entropy",
+        "LM-head singular entropy: KL(p ‖ uniform) of normalised singular values",
+        "singular entropy (nats)",
+    ),
+}
+ICL_STEPS = 5  # steps drawn per ICL figure, spread over the checkpoints' order
+RC = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.fonttype": "path",  # no font needed to view the SVG
+    "svg.hashsalt": "ckptlab",  # reproducible ids
+}
+_SIZE_WORDS = ("xxs", "xs", "s", "m", "l", "xl", "xxl")
+_SIZE_UNITS = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+class ReportError(ValueError):
+    """Nothing to report on (no database, unknown run, no selection); one line."""
+
+
+@dataclass
+class Selection:
+    spec_name: str
+    run_id: str | None = None
+    until: dt.datetime | None = None  # rows computed at or before (a run's end)
+
+    def describe(self) -> str:
+        if self.run_id is None:
+            return f"spec {self.spec_name!r}: every run"
+        until = self.until.isoformat(sep=" ", timespec="seconds") if self.until else "now"
+        return (
+            f"run {self.run_id} of spec {self.spec_name!r}: the spec's cells computed by "
+            f"{until} (its end)"
+        )
+
+
+@dataclass
+class Figure:
+    name: str  # file stem
+    title: str
+    section: str
+    data: dict  # what is plotted, for figures.json
+    draw: Callable  # (matplotlib Figure) -> None
+    size: tuple[float, float] = (6.4, 4.0)
+
+
+@dataclass
+class Report:
+    selection: Selection
+    rows: int = 0
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failures: pl.DataFrame | None = None
+    x: str = "step"
+
+
+# ------------------------------------------------------------------------- selecting
+
+
+def resolve_selection(
+    store: ResultStore, spec_name: str | None = None, run_id: str | None = None
+) -> Selection:
+    """The rows a report covers; ``run_id`` may be a unique prefix. ReportError when the
+    database, the run or the spec is not there."""
+    import duckdb
+
+    if not store.path.exists():
+        raise ReportError(f"no results database at {store.path}")
+    try:
+        runs = store.query("SELECT run_id, spec_name, finished_at FROM runs")
+    except duckdb.Error as err:
+        raise ReportError(f"{store.path}: no runs table ({_one_line(err)})") from None
+    specs = sorted({name for name in runs["spec_name"] if name is not None})
+    known = ", ".join(specs) or "none"
+    if run_id is not None:
+        runs = runs.filter(pl.col("run_id").str.starts_with(run_id))
+        if runs.height == 0:
+            raise ReportError(f"no run {run_id!r} in {store.path}")
+        if runs.height > 1:
+            raise ReportError(f"run id prefix {run_id!r} is ambiguous ({runs.height} runs)")
+        run = runs.row(0, named=True)
+        if spec_name is not None and spec_name != run["spec_name"]:
+            raise ReportError(
+                f"run {run['run_id']} is of spec {run['spec_name']!r}, not {spec_name!r}"
+            )
+        return Selection(run["spec_name"], run["run_id"], run["finished_at"])
+    if spec_name is None:
+        if len(specs) != 1:
+            raise ReportError(f"name a spec or a run (specs in {store.path}: {known})")
+        spec_name = specs[0]
+    elif spec_name not in specs:
+        raise ReportError(f"no run of spec {spec_name!r} in {store.path} (specs: {known})")
+    return Selection(spec_name)
+
+
+def select_rows(store: ResultStore, selection: Selection) -> pl.DataFrame:
+    """The selection's non-item rows, each analysis at its latest version, with a ``variant``
+    column (input set / params hash, empty when an analysis has only one)."""
+    sql = (
+        "SELECT model, size, seed, revision, step, analysis, analysis_version, params_hash,"
+        " input_set, layer, metric, value, task, shots, task_seed"
+        " FROM results WHERE spec_name = ? AND item IS NULL"
+    )
+    params: list = [selection.spec_name]
+    if selection.run_id is not None and selection.until is not None:
+        sql += " AND computed_at <= ?"
+        params.append(selection.until)
+    rows = store.query(sql, params)
+    if rows.height == 0:
+        return rows
+    rows = rows.filter(
+        pl.col("analysis_version") == pl.col("analysis_version").max().over("analysis")
+    )
+    rows = rows.with_columns(pl.col("input_set").fill_null(""))
+    kinds = rows.group_by("analysis").agg(
+        pl.col("input_set").n_unique().alias("_sets"),
+        pl.col("params_hash").n_unique().alias("_params"),
+    )
+    rows = rows.join(kinds, on="analysis")
+    variant = pl.concat_str(
+        pl.when(pl.col("_sets") > 1).then(pl.col("input_set")).otherwise(pl.lit("")),
+        pl.when(pl.col("_params") > 1)
+        .then(pl.lit("params ") + pl.col("params_hash").str.slice(0, 6))
+        .otherwise(pl.lit("")),
+        separator=" ",
+    ).str.strip_chars()
+    return rows.with_columns(variant.alias("variant")).drop("_sets", "_params")
+
+
+def with_x(
+    store: ResultStore, rows: pl.DataFrame, x: str, notes: list[str]
+) -> tuple[pl.DataFrame, str]:
+    """``rows`` with an ``x`` column: the step, or the checkpoint's ``tokens_seen`` where the
+    checkpoints table has that column and knows it for every selected checkpoint (else the
+    step, with a note)."""
+    if x == "tokens":
+        has = store.query(
+            "SELECT count(*) AS n FROM information_schema.columns"
+            " WHERE table_name = 'checkpoints' AND column_name = 'tokens_seen'"
+        ).item()
+        if not has:
+            notes.append("x = tokens asked for, but checkpoints has no tokens_seen: x = step")
+        else:
+            tokens = store.query(
+                "SELECT model, revision, max(tokens_seen) AS tokens_seen FROM checkpoints"
+                " GROUP BY ALL"
+            )
+            joined = rows.join(tokens, on=["model", "revision"], how="left")
+            unknown = joined.filter(pl.col("tokens_seen").is_null())
+            if unknown.height == 0:
+                return joined.with_columns(pl.col("tokens_seen").cast(pl.Float64).alias("x")), x
+            count = unknown.select("model", "revision").n_unique()
+            notes.append(
+                f"x = tokens asked for, but tokens_seen is unknown for {count} checkpoint(s)"
+                " (e.g. "
+                + "@".join(unknown.row(0, named=True)[k] for k in ("model", "revision"))
+                + "): x = step"
+            )
+    elif x != "step":
+        notes.append(f"unknown x {x!r}: x = step")
+    return rows.with_columns(pl.col("step").cast(pl.Float64).alias("x")), "step"
+
+
+# ------------------------------------------------------------------- preparing data
+
+
+def size_key(size: str | None) -> tuple:
+    """Sizes in model order: xs < s < m, 70m < 160m < 1.4b; unknown ones after, by name."""
+    if size is None:
+        return (2, 0.0, "")
+    word = size.lower()
+    if word in _SIZE_WORDS:
+        return (0, float(_SIZE_WORDS.index(word)), word)
+    found = re.fullmatch(r"([0-9.]+)([kmbt])", word)
+    if found:
+        return (1, float(found.group(1)) * _SIZE_UNITS[found.group(2)], word)
+    return (2, 0.0, word)
+
+
+def _models(rows: pl.DataFrame) -> list[dict]:
+    """One dict per (model, variant) in a stable order: size, seed, model name, variant."""
+    found = rows.select("model", "size", "seed", "variant").unique().to_dicts()
+    return sorted(
+        found,
+        key=lambda m: (size_key(m["size"]), m["seed"] or 0, m["model"], m["variant"]),
+    )
+
+
+def _label(model: str, variant: str) -> str:
+    short = model.rsplit("/", 1)[-1]
+    return f"{short} [{variant}]" if variant else short
+
+
+def line_series(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per (analysis, metric, model, variant): ``x`` and ``value`` of the scalar metrics
+    (layer NULL) and of per-layer metrics at the model's last layer. Columns: analysis,
+    metric, model, size, seed, variant, layer, x, step, value (mean over any repeats)."""
+    scalar = rows.filter(pl.col("task").is_null() & ~pl.col("metric").is_in(list(BOOKKEEPING)))
+    if scalar.height == 0:
+        return scalar.select("analysis", "metric", "model", "size", "seed", "variant",
+                             "layer", "x", "step", "value")  # fmt: skip
+    keys = ["analysis", "metric", "model", "variant"]
+    scalar = scalar.filter(
+        pl.col("layer").is_null() | (pl.col("layer") == pl.col("layer").max().over(keys))
+    )
+    return (
+        scalar.group_by([*keys, "size", "seed", "layer", "x", "step"])
+        .agg(pl.col("value").mean())
+        .sort([*keys, "x"])
+    )
+
+
+def heatmap_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
+    """(analysis, metric) pairs with more than one layer for some model."""
+    per_layer = rows.filter(
+        pl.col("task").is_null()
+        & pl.col("layer").is_not_null()
+        & ~pl.col("metric").is_in(list(BOOKKEEPING))
+    )
+    if per_layer.height == 0:
+        return []
+    counts = per_layer.group_by("analysis", "metric", "model", "variant").agg(
+        pl.col("layer").n_unique().alias("layers")
+    )
+    many = counts.filter(pl.col("layers") > 1).select("analysis", "metric").unique()
+    return sorted(many.iter_rows())
+
+
+def heatmap_panels(rows: pl.DataFrame, analysis: str, metric: str) -> list[dict]:
+    """One panel per (model, variant): steps (columns, sorted), layers (rows), values
+    [layer][step] with None where a cell is missing."""
+    chosen = rows.filter(
+        (pl.col("analysis") == analysis) & (pl.col("metric") == metric) & pl.col("task").is_null()
+    )
+    panels = []
+    for m in _models(chosen):
+        part = chosen.filter((pl.col("model") == m["model"]) & (pl.col("variant") == m["variant"]))
+        part = part.filter(pl.col("layer").is_not_null())
+        if part.height == 0:
+            continue
+        cells = part.group_by("layer", "x", "step").agg(pl.col("value").mean())
+        xs = cells.select("x", "step").unique().sort("x")
+        layers = sorted(cells["layer"].unique().to_list())
+        lookup = {(r["layer"], r["x"]): r["value"] for r in cells.iter_rows(named=True)}
+        values = [[_finite(lookup.get((layer, x))) for x in xs["x"]] for layer in layers]
+        panels.append(
+            {
+                "model": m["model"],
+                "variant": m["variant"],
+                "label": _label(m["model"], m["variant"]),
+                "x": xs["x"].to_list(),
+                "steps": xs["step"].to_list(),
+                "layers": layers,
+                "values": values,
+            }
+        )
+    return panels
+
+
+def icl_table(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, variant, task, step, shots): accuracy, chance_accuracy and bow_accuracy,
+    each the mean over task seeds (null where the analysis stored none, e.g. a shot count
+    beyond the context), and the number of task seeds averaged."""
+    icl = rows.filter(
+        pl.col("task").is_not_null()
+        & pl.col("shots").is_not_null()
+        & pl.col("metric").is_in(["accuracy", "chance_accuracy", "bow_accuracy"])
+    )
+    keys = ["model", "size", "seed", "variant", "task", "x", "step", "shots"]
+    return (
+        icl.group_by(keys)
+        .agg(
+            pl.col("value").filter(pl.col("metric") == "accuracy").mean().alias("accuracy"),
+            pl.col("value").filter(pl.col("metric") == "chance_accuracy").mean().alias("chance"),
+            pl.col("value").filter(pl.col("metric") == "bow_accuracy").mean().alias("bow"),
+            pl.col("task_seed").filter(pl.col("metric") == "accuracy").n_unique().alias("seeds"),
+        )
+        .filter(pl.col("accuracy").is_not_null())
+        .sort(keys)
+    )
+
+
+def pick_steps(steps: list[float], n: int = ICL_STEPS) -> list[float]:
+    """``n`` of the sorted ``steps``, evenly spread over their order, first and last kept."""
+    steps = sorted(set(steps))
+    if len(steps) <= n:
+        return steps
+    return sorted({steps[round(i * (len(steps) - 1) / (n - 1))] for i in range(n)})
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------- drawing
+
+
+def _metric_title(analysis: str, metric: str) -> str:
+    return metric if metric.startswith(analysis) else f"{analysis}: {metric}"
+
+
+def _count(value: float) -> str:
+    """1500 -> '1.5k', 2e9 -> '2B': token counts at a glance."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
+
+
+def _x_axis(axis, x: str, xs: list[float]) -> None:
+    """Symlog x: linear on [0, linthresh] (half a decade wide), logarithmic above, so the
+    first checkpoint (step 0) is drawn where it is. linthresh = 1 for steps; for tokens the
+    power of ten at or below the smallest positive count. Ticks at 0 and every decade."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    positive = [v for v in xs if v and v > 0]
+    linthresh = 1.0
+    if x != "step" and positive:
+        linthresh = 10.0 ** math.floor(math.log10(min(positive)))
+    axis.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+    top = max(positive, default=linthresh)
+    decades = [linthresh * 10.0**k for k in range(math.ceil(math.log10(top / linthresh)) + 1)]
+    axis.xaxis.set_major_locator(FixedLocator([0.0, *decades]))
+    axis.xaxis.set_minor_locator(FixedLocator([d * k for d in decades for k in range(2, 10)]))
+    label = (lambda v, _: f"{v:g}") if x == "step" else (lambda v, _: _count(v))
+    axis.xaxis.set_major_formatter(FuncFormatter(label))
+    axis.set_xlabel(
+        "training step (symlog: linear on [0, 1], log above)"
+        if x == "step"
+        else f"tokens seen (symlog: linear on [0, {_count(linthresh)}], log above)"
+    )
+
+
+def _style(models: list[dict]) -> dict[tuple[str, str], dict]:
+    """Colour by size (by model where sizes do not tell the models apart), line style by
+    seed and variant."""
+    groups = sorted({m["size"] or m["model"] for m in models}, key=size_key)
+    by_size = len(groups) > 1 or len(models) == 1
+
+    def colour_key(m: dict) -> str:
+        return (m["size"] or m["model"]) if by_size else m["model"] + m["variant"]
+
+    colours = list(dict.fromkeys(colour_key(m) for m in models))
+    seeds = sorted({m["seed"] or 0 for m in models})
+    variants = sorted({m["variant"] for m in models})
+    style = {}
+    for m in models:
+        dash = seeds.index(m["seed"] or 0) + (variants.index(m["variant"]) if by_size else 0)
+        style[(m["model"], m["variant"])] = {
+            "color": PALETTE[colours.index(colour_key(m)) % len(PALETTE)],
+            "linestyle": LINESTYLES[dash % len(LINESTYLES)],
+        }
+    return style
+
+
+def line_figure(series: pl.DataFrame, analysis: str, metric: str, x: str) -> Figure:
+    part = series.filter((pl.col("analysis") == analysis) & (pl.col("metric") == metric))
+    per_layer = part["layer"].is_not_null().any()
+    models = _models(part)
+    style = _style(models)
+    lines = []
+    for m in models:
+        line = part.filter((pl.col("model") == m["model"]) & (pl.col("variant") == m["variant"]))
+        layer = line["layer"][0]
+        label = _label(m["model"], m["variant"])
+        if layer is not None:
+            label += f" (layer {layer})"
+        lines.append(
+            {
+                "model": m["model"],
+                "variant": m["variant"],
+                "label": label,
+                "layer": layer,
+                "x": line["x"].to_list(),
+                "steps": line["step"].to_list(),
+                "y": [_finite(v) for v in line["value"]],
+                "style": style[(m["model"], m["variant"])],
+            }
+        )
+    named = NAMED.get((analysis, metric))
+    name = named[0] if named else f"line__{analysis}__{metric}"
+    title = named[1] if named else _metric_title(analysis, metric)
+    ylabel = named[2] if named else metric
+    title += ", last layer" if per_layer else ""
+
+    def draw(fig) -> None:
+        axis = fig.add_subplot()
+        for line in lines:
+            ys = [math.nan if v is None else v for v in line["y"]]
+            axis.plot(line["x"], ys, marker=".", label=line["label"], **line["style"])
+        _x_axis(axis, x, [v for line in lines for v in line["x"]])
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.legend(title="model", loc="best")
+
+    data = {"analysis": analysis, "metric": metric, "x": x, "lines": lines}
+    section = "Training curves" if named else "Metrics over training"
+    return Figure(name, title, section, data, draw)
+
+
+def heatmap_figure(rows: pl.DataFrame, analysis: str, metric: str, x: str) -> Figure | None:
+    panels = heatmap_panels(rows, analysis, metric)
+    if not panels:
+        return None
+    values = [v for p in panels for row in p["values"] for v in row if v is not None]
+    vmin, vmax = (min(values), max(values)) if values else (0.0, 1.0)
+    title = f"{_metric_title(analysis, metric)} per layer over training"
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+
+    def draw(fig) -> None:
+        import numpy as np
+
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        image = None
+        for axis, panel in zip(axes.flat, panels, strict=False):
+            grid = np.array(
+                [[np.nan if v is None else v for v in row] for row in panel["values"]], dtype=float
+            )
+            image = axis.imshow(
+                grid,
+                origin="lower",
+                aspect="auto",
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+                interpolation="nearest",
+            )
+            labels = [f"{s:g}" if x == "step" else _count(s) for s in panel["x"]]
+            every = max(1, math.ceil(len(labels) / 10))
+            ticks = list(range(0, len(labels), every))
+            axis.set_xticks(ticks, [labels[i] for i in ticks], rotation=45, ha="right")
+            axis.set_yticks(range(len(panel["layers"])), [str(v) for v in panel["layers"]])
+            axis.set_title(panel["label"])
+            axis.set_xlabel("checkpoint (training step)" if x == "step" else "tokens seen")
+            axis.set_ylabel("layer (0 = embeddings)")
+            axis.grid(False)
+        for axis in list(axes.flat)[len(panels) :]:
+            axis.set_visible(False)
+        fig.suptitle(title)
+        if image is not None:
+            fig.colorbar(image, ax=axes.ravel().tolist(), label=metric, shrink=0.9)
+
+    data = {"analysis": analysis, "metric": metric, "x": x, "panels": panels}
+    size = (4.2 * ncols + 1.2, 3.4 * nrows + 0.6)
+    return Figure(
+        f"heatmap__{analysis}__{metric}", title, "Per layer over training", data, draw, size
+    )
+
+
+def icl_figures(table: pl.DataFrame, x: str) -> list[Figure]:
+    figures = []
+    if table.height == 0:
+        return figures
+    for m in _models(table):
+        part = table.filter((pl.col("model") == m["model"]) & (pl.col("variant") == m["variant"]))
+        steps = pick_steps(part["x"].to_list())
+        tasks = sorted(part["task"].unique().to_list())
+        panels = []
+        for task in tasks:
+            rows = part.filter((pl.col("task") == task) & pl.col("x").is_in(steps))
+            lines = []
+            for step in steps:
+                line = rows.filter(pl.col("x") == step).sort("shots")
+                if line.height:
+                    lines.append(
+                        {
+                            "x": step,
+                            "step": line["step"][0],
+                            "shots": line["shots"].to_list(),
+                            "accuracy": [_finite(v) for v in line["accuracy"]],
+                            "seeds": line["seeds"].to_list(),
+                        }
+                    )
+            bow = (
+                rows.filter(pl.col("bow").is_not_null())
+                .group_by("shots")
+                .agg(pl.col("bow").mean())
+                .sort("shots")
+            )
+            chance = rows["chance"].drop_nulls()
+            panels.append(
+                {
+                    "task": task,
+                    "chance": _finite(chance.mean()) if len(chance) else None,
+                    "bow": {"shots": bow["shots"].to_list(), "accuracy": bow["bow"].to_list()},
+                    "lines": lines,
+                }
+            )
+        label = _label(m["model"], m["variant"])
+        title = f"ICL accuracy vs demonstrations: {label} (mean over task seeds)"
+        ncols = len(panels) if len(panels) <= 3 else (2 if len(panels) == 4 else 3)
+        nrows = math.ceil(len(panels) / ncols)
+
+        def draw(fig, panels=panels, steps=steps, title=title, ncols=ncols, nrows=nrows) -> None:
+            from matplotlib import colormaps
+            from matplotlib.ticker import FixedLocator, FuncFormatter
+
+            cmap = colormaps["viridis"]
+            colour = {s: cmap(0.85 * i / max(1, len(steps) - 1)) for i, s in enumerate(steps)}
+            axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+            for i, (axis, panel) in enumerate(zip(axes.flat, panels, strict=False)):
+                shots = sorted({k for line in panel["lines"] for k in line["shots"]})
+                for line in panel["lines"]:
+                    ys = [math.nan if v is None else v for v in line["accuracy"]]
+                    axis.plot(line["shots"], ys, marker="o", markersize=3,
+                              color=colour[line["x"]], label=f"step {line['step']:g}")  # fmt: skip
+                if panel["bow"]["shots"]:
+                    axis.plot(panel["bow"]["shots"], panel["bow"]["accuracy"], color="#555555",
+                              linestyle="--", marker="x", markersize=4,
+                              label="bag-of-words baseline")  # fmt: skip
+                if panel["chance"] is not None:
+                    axis.axhline(panel["chance"], color="#999999", linestyle=":", label="chance")
+                axis.set_xscale("symlog", linthresh=1, linscale=0.5)
+                axis.xaxis.set_major_locator(FixedLocator(shots or [0]))
+                axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.xaxis.set_minor_locator(FixedLocator([]))
+                axis.set_title(panel["task"])
+                axis.set_xlabel("demonstrations L")
+                if i % ncols == 0:
+                    axis.set_ylabel("accuracy (mean over task seeds)")
+                axis.set_ylim(-0.02, 1.02)
+            for axis in list(axes.flat)[len(panels) :]:
+                axis.set_visible(False)
+            handles, labels = axes.flat[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside right center")
+            fig.suptitle(title)
+
+        data = {"model": m["model"], "variant": m["variant"], "x": x, "panels": panels}
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
+        size = (3.6 * ncols + 1.8, 3.0 * nrows + 0.7)
+        figures.append(Figure(f"icl__{slug}", title, "In-context learning", data, draw, size))
+    return figures
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _failures(store: ResultStore, selection: Selection) -> pl.DataFrame:
+    sql = (
+        "SELECT f.model, f.revision, f.step, f.analysis, f.error, f.run_id,"
+        " f.cell_key IN (SELECT cell_key FROM cells) AS computed_since"
+        " FROM failures f JOIN runs r USING (run_id) WHERE r.spec_name = ?"
+    )
+    params: list = [selection.spec_name]
+    if selection.run_id is not None:
+        sql += " AND f.run_id = ?"
+        params.append(selection.run_id)
+    return store.query(sql + " ORDER BY f.model, f.step, f.analysis", params)
+
+
+def _html(report: Report, images: dict[str, str], db: Path, seconds: float) -> str:
+    e = html.escape
+    sel = report.selection
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>ckptlab report: {e(sel.spec_name)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;"
+        "padding:0 1em;color:#222}figure{margin:1em 0}img{max-width:100%;height:auto}"
+        "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;"
+        "padding:2px 6px;text-align:left;vertical-align:top}code{background:#f4f4f4}</style>",
+        "</head><body>",
+        f"<h1>ckptlab report: {e(sel.spec_name)}</h1>",
+        f"<p>{e(sel.describe())}. Database <code>{e(str(db))}</code>, {report.rows} rows, "
+        f"x = {e(report.x)}. {len(report.figures)} figures, rendered in {seconds:.1f} s.</p>",
+    ]
+    section = None
+    for figure in report.figures:
+        if figure.name not in images:
+            continue
+        if figure.section != section:
+            section = figure.section
+            parts.append(f"<h2>{e(section)}</h2>")
+        parts.append(
+            f'<figure id="{e(figure.name)}"><img alt="{e(figure.title)}" '
+            f'src="data:image/png;base64,{images[figure.name]}">'
+            f"<figcaption>{e(figure.title)} (<code>{e(figure.name)}.png</code>, "
+            f"<code>.svg</code>)</figcaption></figure>"
+        )
+    parts.append('<h2 id="failures">Failures</h2>')
+    failures = report.failures
+    if failures is None:
+        parts.append("<p>The failures table could not be read.</p>")
+    elif failures.height == 0:
+        parts.append('<table class="failures"><tr><td>no failures</td></tr></table>')
+    else:
+        columns = ["model", "revision", "step", "analysis", "error", "run_id", "computed_since"]
+        parts.append('<table class="failures"><tr>')
+        parts += [f"<th>{e(c.replace('_', ' '))}</th>" for c in columns]
+        parts.append("</tr>")
+        for row in failures.iter_rows(named=True):
+            cells = "".join(f"<td>{e('' if row[c] is None else str(row[c]))}</td>" for c in columns)
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</table>")
+        parts.append("<p>computed since: a later run stored the cell.</p>")
+    if report.notes:
+        parts.append('<h2 id="notes">Notes</h2><ul>')
+        parts += [f"<li>{e(note)}</li>" for note in report.notes]
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build_report(store: ResultStore, selection: Selection, x: str = "step") -> Report:
+    """The figures to draw (their data included) and the notes, without drawing."""
+    report = Report(selection)
+    try:
+        rows = select_rows(store, selection)
+    except Exception as err:  # a database without the results view, say
+        report.notes.append(f"results could not be read: {_one_line(err)}")
+        rows = pl.DataFrame()
+    try:
+        report.failures = _failures(store, selection)
+    except Exception as err:
+        report.notes.append(f"failures could not be read: {_one_line(err)}")
+    report.rows = rows.height
+    if rows.height == 0:
+        report.notes.append("no rows selected: nothing to draw")
+        return report
+    try:
+        rows, report.x = with_x(store, rows, x, report.notes)
+    except Exception as err:
+        report.notes.append(f"x = {x}: not available ({_one_line(err)}), x = step")
+        rows = rows.with_columns(pl.col("step").cast(pl.Float64).alias("x"))
+
+    def attempt(what: str, make: Callable) -> None:
+        try:
+            made = make()
+        except Exception as err:
+            report.notes.append(f"{what}: not drawn ({_one_line(err)})")
+            return
+        if isinstance(made, Figure):
+            report.figures.append(made)
+        elif made:
+            report.figures.extend(made)
+
+    try:
+        series = line_series(rows)
+        pairs = series.select("analysis", "metric").unique().sort("analysis", "metric").rows()
+    except Exception as err:
+        report.notes.append(f"metric curves: not drawn ({_one_line(err)})")
+        series, pairs = None, []
+    named = [p for p in NAMED if p in pairs]
+    for analysis, metric in named + [p for p in pairs if p not in NAMED]:
+        attempt(
+            f"{analysis}: {metric}",
+            lambda a=analysis, m=metric: line_figure(series, a, m, report.x),
+        )
+    try:
+        layered = heatmap_metrics(rows)
+    except Exception as err:
+        report.notes.append(f"heatmaps: not drawn ({_one_line(err)})")
+        layered = []
+    for analysis, metric in layered:
+        attempt(
+            f"{analysis}: {metric} heatmap",
+            lambda a=analysis, m=metric: heatmap_figure(rows, a, m, report.x),
+        )
+    attempt("ICL", lambda: icl_figures(icl_table(rows), report.x))
+    skipped = sorted(set(rows.filter(pl.col("metric").is_in(list(BOOKKEEPING)))["metric"]))
+    if skipped:
+        report.notes.append("bookkeeping counts not drawn: " + ", ".join(skipped))
+    beyond = (
+        rows.filter(pl.col("metric") == "exceeds_context")
+        .select("model", "task", "shots")
+        .unique()
+        .sort("model", "task", "shots")
+    )
+    if beyond.height:
+        report.notes.append(
+            "ICL prompts longer than the model's context, not scored: "
+            + "; ".join(f"{m} {t} L = {k}" for m, t, k in beyond.rows())
+        )
+    variants = rows.filter(pl.col("variant") != "").select("analysis", "variant").unique()
+    if variants.height:
+        report.notes.append(
+            "analyses with several input sets or parameter sets, one line (panel) each: "
+            + ", ".join(sorted(set(variants["analysis"])))
+        )
+    return report
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def render_report(
+    db: Path,
+    out: Path,
+    spec_name: str | None = None,
+    run_id: str | None = None,
+    x: str = "step",
+) -> list[Path]:
+    """Write ``<name>.png`` and ``<name>.svg`` per figure, ``figures.json`` (each figure's
+    plotted numbers) and ``index.html`` (self-contained) into ``out``; return the files
+    written (PNGs, SVGs, figures.json, index.html). ``x="tokens"`` plots against the
+    checkpoints' ``tokens_seen`` where that column exists (else the step, with a note).
+    Files an earlier report wrote into ``out`` and this one did not are removed."""
+    import io
+
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    started = time.perf_counter()
+    store = ResultStore(Path(db))
+    selection = resolve_selection(store, spec_name, run_id)
+    report = build_report(store, selection, x)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    images: dict[str, str] = {}
+    drawn: list[dict] = []
+    with matplotlib.rc_context(RC):
+        for figure in report.figures:
+            png, svg = out / f"{figure.name}.png", out / f"{figure.name}.svg"
+            try:
+                fig = MplFigure(figsize=figure.size, layout="constrained")
+                FigureCanvasAgg(fig)
+                figure.draw(fig)
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format="png", metadata={"Software": None})
+                png.write_bytes(buffer.getvalue())
+                fig.set_layout_engine("none")  # laid out by the PNG's draw: keep it
+                fig.savefig(svg, format="svg", metadata={"Date": None})
+            except Exception as err:
+                report.notes.append(f"{figure.title}: not drawn ({_one_line(err)})")
+                for path in (png, svg):
+                    path.unlink(missing_ok=True)
+                continue
+            images[figure.name] = base64.b64encode(buffer.getvalue()).decode("ascii")
+            written += [png, svg]
+            drawn.append(
+                {"name": figure.name, "title": figure.title, "figsize": figure.size, **figure.data}
+            )
+    manifest = out / "figures.json"
+    _remove_stale(manifest, {p.name for p in written})
+    document = {
+        "spec_name": selection.spec_name,
+        "run_id": selection.run_id,
+        "until": selection.until.isoformat() if selection.until else None,
+        "x": report.x,
+        "figures": drawn,
+        "files": sorted(p.name for p in written),
+    }
+    manifest.write_text(json.dumps(_plain(document), indent=1, default=str))
+    page = out / "index.html"
+    page.write_text(_html(report, images, Path(db), time.perf_counter() - started))
+    return [*written, manifest, page]
+
+
+def _plain(value):
+    """``value`` with every non-finite float replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _remove_stale(manifest: Path, keep: set[str]) -> None:
+    """Delete figure files an earlier report in this folder listed and this one did not."""
+    try:
+        earlier = json.loads(manifest.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in earlier:
+        if (
+            isinstance(name, str)
+            and name not in keep
+            and "/" not in name
+            and name.endswith((".png", ".svg"))
+        ):
+            (manifest.parent / name).unlink(missing_ok=True)
