@@ -562,18 +562,19 @@ def test_results_file_held(workdir, reference, ckptlab_home, tmp_path, reliabili
 OOM_SPEC = """
 name: oom
 models: [{suite: pico, sizes: [s], steps: [0, 100]}]
-input_sets: [{name: prose, builtin: pydoc_topics, num_sequences: 256, seq_len: 128}]
+input_sets: [{name: prose, builtin: pydoc_topics, num_sequences: 320, seq_len: 128}]
 analyses: [{name: saturation}, {name: anisotropy}]
-resources: {workers: 1, batch_size: 256, memory_limit_gib: LIMIT}
+resources: {workers: 1, batch_size: 320, memory_limit_gib: LIMIT}
 """
 
 
 def test_out_of_memory_halves_the_batch_then_fails(pico_hub, ckptlab_home, tmp_path, reliability):
-    """A 256-sequence batch needs ~0.2 GiB for its logits alone: under a 0.05 GiB cap the
-    pass goes through at a smaller batch; under 0.002 GiB not even one sequence fits."""
+    """A 320-sequence batch needs ~0.2 GiB for its logits and their log-softmax: under a
+    0.15 GiB cap the pass goes through at a smaller batch (the first pass of a worker also
+    pays one-off allocations, ~50 MB); under 0.002 GiB not even one sequence fits."""
     env = env_for(ckptlab_home, tmp_path)
     outcomes = {}
-    for limit in ("0.05", "0.002", "none"):
+    for limit in ("0.15", "0.002", "none"):
         spec = tmp_path / f"oom-{limit}.yaml"
         text = OOM_SPEC.replace("LIMIT", limit)
         spec.write_text(text if limit != "none" else text.replace(", memory_limit_gib: none", ""))
@@ -591,20 +592,20 @@ def test_out_of_memory_halves_the_batch_then_fails(pico_hub, ckptlab_home, tmp_p
             query(db, "SELECT DISTINCT error FROM failures"),
             metrics(db),
         )
-    code_fit, _, units_fit, errors_fit, got = outcomes["0.05"]
+    code_fit, _, units_fit, errors_fit, got = outcomes["0.15"]
     code_none, run_none, units_none, errors_none, _ = outcomes["0.002"]
     reference = outcomes["none"][4]
     reliability.row(
         "Faults",
-        "out of memory: batch 256 under a 0.05 GiB and a 0.002 GiB cap",
-        f"0.05 GiB: exit {code_fit}, passes retried down to batch "
+        "out of memory: batch 320 under a 0.15 GiB and a 0.002 GiB cap",
+        f"0.15 GiB: exit {code_fit}, passes retried down to batch "
         f"{'/'.join(str(u[1]) for u in units_fit)}, rows equal the uncapped run's; "
         f"0.002 GiB: exit {code_none}, all {sum(u[3] for u in units_none)} cells recorded "
         "failed ('out of memory even at batch size 1'), both checkpoints finished",
         rows_lost(reference, got),
     )
     assert code_fit == 0 and not errors_fit
-    assert all(batch < 256 and cells == 2 and failed == 0 for _, batch, cells, failed in units_fit)
+    assert all(batch < 320 and cells == 2 and failed == 0 for _, batch, cells, failed in units_fit)
     assert_frame_equal(got.drop("cell_key"), reference.drop("cell_key"), rtol=1e-5)
     assert code_none == 1, run_none.output
     assert [(u[1], u[2], u[3]) for u in units_none] == [(1, 0, 2), (1, 0, 2)]
