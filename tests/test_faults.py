@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,10 @@ import polars as pl
 import psutil
 import pytest
 from polars.testing import assert_frame_equal
+
+from ckptlab.pico.publish import snapshot_folder
+
+from loopback_cluster import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -168,9 +171,7 @@ def copy_home(pico_hub: Path, tmp: Path) -> Path:
 
 
 def snapshot(hub: Path, size: str, step: int) -> Path:
-    repo = hub / f"models--pico--pico-{size}"
-    commit = (repo / "refs" / f"step{step}").read_text().strip()
-    return repo / "snapshots" / commit
+    return snapshot_folder(hub, f"pico/pico-{size}", f"step{step}")
 
 
 # ----------------------------------------------------------------------------- reference
@@ -417,12 +418,6 @@ def test_identical_payloads_are_flagged(reference, pico_hub, tmp_path, reliabili
     twin = got.filter(pl.col("revision") == "step4").drop("cell_key", "revision")
     original = got.filter(pl.col("revision") == "step2").drop("cell_key", "revision")
     assert_frame_equal(twin, original)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlflow_unreachable_then_sync(workdir, reference, ckptlab_home, tmp_path, reliability):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ckptlab.results import ResultStore
+
+from loopback_cluster import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +32,6 @@ models: [{suite: pico, sizes: [xs, s], steps: [0, 4, 32, 100]}]
 input_sets: [{name: prose, builtin: pydoc_topics, num_sequences: 8, seq_len: 32}]
 analyses: [{name: saturation}, {name: anisotropy}, {name: singular_entropy}]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

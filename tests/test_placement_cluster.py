@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptlab.pico.publish import snapshot_folder
 from ckptlab.results import ResultStore
 
 from fake_hub import FakeHub
@@ -23,8 +24,7 @@ REVISIONS = ["step0", "step4", "step16", "step64"]
 
 @pytest.fixture(scope="module")
 def hub(pico_hub):
-    storage = pico_hub / "models--pico--pico-s"
-    folders = {r: storage / "snapshots" / (storage / "refs" / r).read_text() for r in REVISIONS}
+    folders = {r: snapshot_folder(pico_hub, "pico/pico-s", r) for r in REVISIONS}
     with FakeHub() as server:
         server.add_model("remote/pico-s", folders)
         yield server
@@ -99,8 +99,7 @@ def test_a_model_that_fits_no_node_is_refused_before_anything_runs(cluster, tmp_
     """A 13B-shaped config (no weights: placement reads the config alone) on 16 GiB GPUs:
     ~55 GiB in float32 needs 4 GPUs on one node, and the largest has 2."""
     big = tmp_path / "big" / "step1000"
-    storage = pico_hub / "models--pico--pico-s"
-    source = storage / "snapshots" / (storage / "refs" / "step0").read_text()
+    source = snapshot_folder(pico_hub, "pico/pico-s", "step0")
     shutil.copytree(source, big)
     (big / "model.safetensors").unlink()
     config = json.loads((big / "config.json").read_text())

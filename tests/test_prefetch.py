@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptlab.pico.publish import snapshot_folder
 from ckptlab.results import ResultStore
 
 from fake_hub import FakeHub
@@ -30,8 +31,7 @@ resources: {{workers: 1, gpus_per_worker: 0}}
 
 @pytest.fixture(scope="module")
 def hub(pico_hub):
-    storage = pico_hub / "models--pico--pico-s"
-    folders = {r: storage / "snapshots" / (storage / "refs" / r).read_text() for r in REVISIONS}
+    folders = {r: snapshot_folder(pico_hub, "pico/pico-s", r) for r in REVISIONS}
     with FakeHub() as server:
         server.add_model("remote/pico-s", folders)
         weights = (folders["step0"] / "model.safetensors").stat().st_size

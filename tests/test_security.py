@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file
 
 from ckptlab.hub import content_commit_id
+from ckptlab.pico.publish import snapshot_folder
 
 SPEC = """
 name: {name}
@@ -158,10 +159,9 @@ def sec_home(tmp_path_factory, pico_hub: Path) -> Path:
     home = tmp_path_factory.mktemp("sec-home")
     hub = home / "hub"
     shutil.copytree(pico_hub, hub, symlinks=True)
-    pico = hub / "models--pico--pico-xs"
 
     def snapshot(revision: str) -> Path:
-        return pico / "snapshots" / (pico / "refs" / revision).read_text()
+        return snapshot_folder(hub, "pico/pico-xs", revision)
 
     def to_bin(folder: Path) -> None:
         state = load_file(folder / "model.safetensors")

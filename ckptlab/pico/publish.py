@@ -15,11 +15,19 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from ckptlab.hub import content_commit_id
+from ckptlab.hub import cached_commit, content_commit_id
 
 
 def repo_folder(hub_dir: Path, repo: str) -> Path:
     return hub_dir / f"models--{repo.replace('/', '--')}"
+
+
+def snapshot_folder(hub_dir: Path, repo: str, revision: str) -> Path:
+    """The snapshot folder a published revision names (its refs file -> snapshots/<commit>)."""
+    commit = cached_commit(repo, revision, hub_dir)
+    if commit is None:
+        raise FileNotFoundError(f"{repo}@{revision} is not in {hub_dir}")
+    return repo_folder(hub_dir, repo) / "snapshots" / commit
 
 
 def publish_revision(hub_dir: Path, repo: str, revision: str, model, tokenizer, metadata: dict):
