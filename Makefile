@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow test-all lint reliability
+.PHONY: install demo test test-slow test-all lint reliability benchmarks
 
 $(STAMP): pyproject.toml constraints/pinned.txt
 	python3 -m venv $(VENV)
@@ -42,3 +42,8 @@ test-all: test test-slow
 reliability: install
 	$(VENV)/bin/pytest tests/test_faults.py tests/test_bad_specs.py tests/test_security.py \
 	  tests/test_local_ray.py --reliability-report RELIABILITY.md
+
+# Every benchmark section of BENCHMARKS.md, regenerated on this machine (~45 min on 2 cores);
+# `$(PY) bench/run_all.py NAME...` refreshes single sections.
+benchmarks: install
+	$(PY) bench/run_all.py

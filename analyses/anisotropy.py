@@ -24,10 +24,11 @@ class UnitSum:
             self.total = torch.zeros(vectors.shape[1], dtype=torch.float64, device=vectors.device)
         for start in range(0, vectors.shape[0], _CHUNK_ROWS):
             chunk = vectors[start : start + _CHUNK_ROWS].to(torch.float64)  # [chunk, d]
-            norms = chunk.norm(dim=1, keepdim=True)
+            norms = torch.linalg.vector_norm(chunk, dim=1)  # [chunk]
             if bool((norms == 0).any()):
                 raise ValueError("anisotropy is undefined for a zero vector")
-            self.total += (chunk / norms).sum(dim=0)
+            # sum_i h_i / ||h_i|| as one matrix-vector product: no [chunk, d] quotient.
+            self.total += norms.reciprocal() @ chunk
         self.count += vectors.shape[0]
 
     def mean_pairwise_cosine(self) -> float:

@@ -1,7 +1,8 @@
 """Peak memory of one unit against the input set's size: the streamed pass (the runner's way
 since issue 9) next to the whole-input-set capture it replaced, same model, same analyses.
 
-    python bench/streaming_memory.py                      # CPU, 2k..64k tokens
+    python bench/streaming_memory.py                      # CPU, 4k..131k tokens
+    python bench/streaming_memory.py --smoke              # tiny, for the CI smoke test
     python bench/streaming_memory.py --device cuda --tokens 16384 65536 262144 --hidden 1024
 
 Each (mode, tokens) runs in a fresh process; the figure is the peak beyond what the process
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance, table
 
 STREAMED = {
     "saturation": {},
@@ -140,11 +144,12 @@ def one(args) -> dict:
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384, 65536, 131072])
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
@@ -153,25 +158,23 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["capture", "stream"])
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.mode:  # a child process: one measurement
-        print(json.dumps(one(args)))
-        return
+    return parser
 
+
+SMOKE = ["--tokens", "512", "--seq-len", "128", "--hidden", "64", "--layers", "2"]
+
+
+def run(smoke: bool = False, argv: list[str] | None = None) -> str:
+    argv = list(argv or []) + (SMOKE if smoke else [])
+    args = _parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "step0"
         build_checkpoint(folder, args.hidden, args.layers, args.vocab)
-        print(
-            f"GPT-NeoX d_model {args.hidden}, {args.layers} layers, d_mlp {4 * args.hidden}, "
-            f"vocab {args.vocab}, {args.dtype} on {args.device}, batch {args.batch_size} x "
-            f"{args.seq_len} tokens; analyses: {', '.join(STREAMED)}\n"
-        )
-        print("| tokens | " + " | ".join(f"{m} MiB | {m} s" for m in args.modes) + " |")
-        print("|---|" + "---|---|" * len(args.modes))
+        rows = []
         for n in args.tokens:
-            cells = []
+            cells = [f"{n:,}"]
             for mode in args.modes:
-                child = [sys.executable, __file__, *sys.argv[1:], "--folder", str(folder)]
+                child = [sys.executable, __file__, *argv, "--folder", str(folder)]
                 child += ["--mode", mode, "--tokens", str(n)]
                 done = subprocess.run(child, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
@@ -179,7 +182,34 @@ def main() -> None:
                     continue
                 figure = json.loads(done.stdout.strip().splitlines()[-1])
                 cells += [f"{figure['working_mib']:,}", f"{figure['seconds']:.1f}"]
-            print(f"| {n:,} | " + " | ".join(cells) + " |", flush=True)
+            rows.append(cells)
+    command = "python bench/streaming_memory.py" + (" --smoke" if smoke else "")
+    headers = ["tokens"] + [f"{m} {unit}" for m in args.modes for unit in ("MiB", "s")]
+    return "\n\n".join(
+        [
+            "## Streaming: peak memory against the input set's size",
+            provenance(command),
+            "One unit over N tokens with every analysis that reads the pass (saturation, "
+            "anisotropy, dispersion per layer, linearity, logit lens, head-rank proxy r = 8, 64, "
+            "TwoNN on 2,000 points, neuron entropy, CKA on 4,096 positions against the "
+            "checkpoint itself, plus singular entropy), on a GPT-NeoX with random weights "
+            f"(d_model {args.hidden}, {args.layers} layers, d_mlp {4 * args.hidden}, vocab "
+            f"{args.vocab}, {args.dtype} on {args.device}, batches of {args.batch_size} x "
+            f"{args.seq_len} tokens). *capture* = the whole input set captured, then each "
+            "analysis on it (the runner's way before issue 9); *stream* = the runner's streamed "
+            "pass (`run_unit`). MiB = peak RSS (CUDA: max_memory_allocated) beyond the process' "
+            "own with the model loaded, each (mode, N) in a fresh process.",
+            table(headers, rows),
+        ]
+    )
+
+
+def main() -> None:
+    args, _ = _parser().parse_known_args()
+    if args.mode:  # a child process: one measurement
+        print(json.dumps(one(args)))
+        return
+    print(run(args.smoke, [a for a in sys.argv[1:] if a != "--smoke"]))
 
 
 if __name__ == "__main__":

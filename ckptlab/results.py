@@ -408,8 +408,10 @@ class ResultStore:
         metrics: list[MetricRow],
         failures: list[FailureRow],
         unit: UnitRow | None = None,
-    ) -> None:
-        """Everything one checkpoint produced, in one transaction: all of it or none."""
+    ) -> str | None:
+        """Everything one checkpoint produced, in one transaction: all of it or none. Returns
+        the earlier revision whose weights this one repeats (``duplicate_of``), if any: read
+        in the same transaction, so the driver opens the file once per unit, not twice."""
         with self.transaction() as con:
             con.execute("UPDATE runs SET heartbeat_at = now() WHERE run_id = ?", [run_id])
             if unit is not None:
@@ -523,6 +525,11 @@ class ResultStore:
                 )
                 con.unregister("new_metrics")
             _insert_failures(con, run_id, failures)
+            twin = con.execute(
+                "SELECT duplicate_of FROM checkpoints WHERE model = ? AND revision = ?",
+                [checkpoint.model, checkpoint.revision],
+            ).fetchone()
+        return twin[0] if twin else None
 
     def write_failures(self, run_id: str, failures: list[FailureRow]) -> None:
         with self.transaction() as con:

@@ -209,8 +209,9 @@ class _Lifecycle:
         self.store.write_failures(self.run_id, failures)
         return len(failures)
 
-    def persist(self, unit: Unit, result: UnitResult) -> None:
-        """Everything the unit produced in one transaction; its cell rows mark it done."""
+    def persist(self, unit: Unit, result: UnitResult) -> str | None:
+        """Everything the unit produced in one transaction; its cell rows mark it done.
+        Returns the earlier revision whose weights this one repeats, if any."""
         timing = None
         if result.started_at:  # a unit that ran (a lost one has no timings)
             ref = unit.checkpoint
@@ -231,7 +232,7 @@ class _Lifecycle:
                 len(result.failures),
                 result.batch_size,
             )
-        self.store.write_unit(
+        twin = self.store.write_unit(
             self.run_id,
             _checkpoint_row(unit, result),
             result.cells,
@@ -246,6 +247,7 @@ class _Lifecycle:
                     (m.layer, m.metric, m.value, m.task, m.shots, m.task_seed)
                 )
         self.log(unit, values)
+        return twin
 
     def finish(self, status: str, summary: RunSummary) -> None:
         counts = {
@@ -395,6 +397,11 @@ def run_plan(
         # built once wave 1 has said which sketches exist.
         first = [_task(units[ref], plan, hub_dir, {}, found) for ref, found in requests.items()]
         later = [u for u in plan.todo if u.commit is not None and u.checkpoint not in requests]
+        # The workers boot (processes, imports: seconds) while the driver sets up the results
+        # DB and MLflow below, instead of after it (an executor without the hook: after).
+        opening = first[0].checkpoint if first else later[0].checkpoint if later else None
+        if opening is not None and hasattr(executor, "start_workers"):
+            executor.start_workers(opening.model)
         run = _Lifecycle(plan, spec_text, db_path, tracking_uri)
         summary.run_id, summary.mlflow_run_id = run.run_id, run.mlflow_run_id
         summary.reaped_runs = run.reaped
@@ -431,8 +438,7 @@ def run_plan(
                     for key, error in result.sketch_errors.items():
                         reference_errors[key] = f"({task.checkpoint.label}: {error})"
                     if task.cells:
-                        run.persist(units[task.checkpoint], result)
-                        twin = run.store.duplicates(task.checkpoint.model, task.checkpoint.revision)
+                        twin = run.persist(units[task.checkpoint], result)
                         if twin:
                             progress.print(
                                 f"  [yellow]warning[/yellow] {task.checkpoint.label} has the "
