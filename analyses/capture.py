@@ -115,6 +115,26 @@ class Batch:
     def require(self, field: str):
         return _require(self, field)
 
+    def copy(self) -> Batch:
+        """The same batch in tensors of its own: what a plug-in gets, so that writing into
+        them cannot change what the other analyses read."""
+
+        def own(value):
+            if value is None:
+                return None
+            if isinstance(value, tuple):
+                return tuple(t.clone() for t in value)
+            return value.clone()
+
+        return Batch(
+            input_ids=self.input_ids.clone(),
+            start=self.start,
+            hidden_states=own(self.hidden_states),
+            pre_final_norm=own(self.pre_final_norm),
+            mlp_activations=own(self.mlp_activations),
+            token_nll=own(self.token_nll),
+        )
+
 
 @dataclass
 class Capture(CheckpointContext):

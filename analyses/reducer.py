@@ -48,6 +48,10 @@ class NoParams(BaseModel):
 
 @dataclass(frozen=True)
 class MetricValue:
+    """One row an analysis returns: a metric's value, with the facets that say what it is
+    about (layer, item, ICL task, shots, task seed); the run adds the checkpoint, the
+    analysis, its params and the input set."""
+
     metric: str
     value: float
     layer: int | None = None  # hidden_states index; None when the metric is not per layer

@@ -9,8 +9,12 @@ nothing per batch (the LM head's weights, its own prompts), a plain function
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from pydantic import BaseModel
@@ -20,6 +24,7 @@ from ckptlab.analyses.reducer import FORWARD_NEEDS, MetricValue, Need, NoParams,
 
 __all__ = [
     "FORWARD_NEEDS",
+    "AnalysisCollision",
     "AnalysisDef",
     "MetricValue",
     "Need",
@@ -35,6 +40,33 @@ __all__ = [
 ContextFn = Callable[[BaseModel], dict]
 
 
+SHIPPED = "ckptlab"  # the origin of the analyses in ckptlab/analyses/
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an analysis' code comes from. ``source_hash`` (sha256 of its source file, None for
+    the shipped analyses, which ``version`` governs) joins the cell key of a plug-in, so an
+    edited plug-in recomputes its cells and nothing else."""
+
+    kind: str  # "ckptlab" | "file" | "module" | "entry point"
+    where: str  # the file's path, the module's name, or "entry point (dist version)"
+    source_hash: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == SHIPPED:
+            return SHIPPED
+        return f"{self.kind} {self.where}"
+
+
+# Set by the plug-in loader while it imports a plug-in: what its @analysis decorators record.
+_LOADING: contextvars.ContextVar[Origin | None] = contextvars.ContextVar("loading", default=None)
+
+
+class AnalysisCollision(ValueError):
+    """Two analyses with one name; the message names both origins."""
+
+
 @dataclass(frozen=True)
 class AnalysisDef:
     name: str
@@ -44,6 +76,11 @@ class AnalysisDef:
     reducer: type[Reducer]
     doc: str
     context: ContextFn | None = None
+    origin: Origin = Origin(SHIPPED, "ckptlab.analyses")
+
+    @property
+    def shipped(self) -> bool:
+        return self.origin.kind == SHIPPED
 
     @property
     def needs_forward_pass(self) -> bool:
@@ -82,6 +119,27 @@ def _no_grad(reducer: type[Reducer]) -> None:
 _REGISTRY: dict[str, AnalysisDef] = {}
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _origin_of(target) -> Origin:
+    loading = _LOADING.get()
+    if loading is not None:
+        return loading
+    module = getattr(target, "__module__", "") or ""
+    if module == "ckptlab.analyses" or module.startswith("ckptlab.analyses."):
+        return Origin(SHIPPED, module)
+    # Registered by code imported some other way (a notebook, a test, a script): keyed by
+    # the source file it was defined in, when there is one.
+    try:
+        source = inspect.getsourcefile(target)
+    except TypeError:
+        source = None
+    digest = file_sha256(Path(source)) if source and Path(source).is_file() else None
+    return Origin("module", module or "?", digest)
+
+
 def analysis(
     *,
     name: str,
@@ -95,8 +153,20 @@ def analysis(
     params models that accept unknown fields are errors."""
 
     def register(target):
-        if name in _REGISTRY:
-            raise ValueError(f"duplicate analysis name {name!r}")
+        origin = _origin_of(target)
+        existing = _REGISTRY.get(name)
+        if existing is not None:
+            # The same plug-in read again (an edited file in a long-lived process) replaces
+            # its own earlier version; anything else with the same name is a collision.
+            same_origin = (existing.origin.kind, existing.origin.where) == (
+                origin.kind,
+                origin.where,
+            )
+            if existing.shipped or not same_origin:
+                raise AnalysisCollision(
+                    f"analysis {name!r} of {origin.describe()} collides with {name!r} of "
+                    f"{existing.origin.describe()}; rename one"
+                )
         if not (target.__doc__ and target.__doc__.strip()):
             raise ValueError(f"analysis {name!r} needs a docstring with its formula and paper")
         if params.model_config.get("extra") != "forbid":
@@ -112,7 +182,7 @@ def analysis(
         reducer.needs = frozen
         _no_grad(reducer)
         _REGISTRY[name] = AnalysisDef(
-            name, version, frozen, params, reducer, target.__doc__, context
+            name, version, frozen, params, reducer, target.__doc__, context, origin
         )
         if is_reducer:
             return target
@@ -122,8 +192,12 @@ def analysis(
 
 
 def registered_analyses() -> dict[str, AnalysisDef]:
+    """Every analysis: the shipped ones, those of installed packages (entry-point group
+    ``ckptlab.analyses``) and the plug-ins loaded so far."""
     import ckptlab.analyses  # noqa: F401  -- importing the package registers every shipped analysis
+    from ckptlab.analyses.plugins import load_entry_points
 
+    load_entry_points()
     return dict(_REGISTRY)
 
 

@@ -183,6 +183,20 @@ def _guarded(method):
     return wrapper
 
 
+def code_tags(spec: Spec) -> dict[str, str]:
+    """``ckptlab.code.<analysis>`` = where a non-shipped analysis' code comes from and the
+    sha256 of its source: which code made the run's rows (the cells table says it per row)."""
+    from ckptlab.analyses.registry import get_analysis
+
+    tags = {}
+    for entry in spec.analyses:
+        definition = get_analysis(entry.name)
+        if not definition.shipped:
+            digest = definition.origin.source_hash or "unknown"
+            tags[f"ckptlab.code.{entry.name}"] = f"{definition.origin.describe()} sha256:{digest}"
+    return tags
+
+
 class Lineage:
     def __init__(self, tracking_uri: str, spec: Spec, spec_text: str, run_id: str, code: str):
         quiet_mlflow()
@@ -224,6 +238,7 @@ class Lineage:
         }
         if self.spec.description:  # what the UI shows as the run's description
             tags["mlflow.note.content"] = self.spec.description
+        tags |= code_tags(self.spec)
         run = client.create_run(experiment_id, tags=tags)
         self.parent_id = run.info.run_id
         from mlflow.entities import Param

@@ -73,6 +73,8 @@ ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
 ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS tokens_seen BIGINT;
 ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS stage VARCHAR;
 ALTER TABLE units ADD COLUMN IF NOT EXISTS batch_size INTEGER;
+ALTER TABLE cells ADD COLUMN IF NOT EXISTS code_source VARCHAR;
+ALTER TABLE cells ADD COLUMN IF NOT EXISTS code_hash VARCHAR;
 CREATE OR REPLACE VIEW results AS
 SELECT ch.model, ch.revision, ch.step, c.analysis, m.layer, m.metric, m.value, m.item,
        m.task, m.shots, m.task_seed, ch.duplicate_of,
@@ -100,6 +102,8 @@ _CELL_COLUMNS = {
     "device": pl.String,
     "dtype": pl.String,
     "seconds": pl.Float64,
+    "code_source": pl.String,
+    "code_hash": pl.String,
 }
 
 
@@ -472,6 +476,8 @@ class ResultStore:
                             c.device,
                             c.dtype,
                             c.seconds,
+                            c.code_source,
+                            c.code_hash,
                         )
                         for c in cells
                     ],
@@ -483,8 +489,8 @@ class ResultStore:
                 inserted = {
                     row[0]
                     for row in con.execute(
-                        "INSERT INTO cells SELECT *, now() FROM new_cells"
-                        " ON CONFLICT DO NOTHING RETURNING cell_key"
+                        f"INSERT INTO cells ({', '.join(_CELL_COLUMNS)}, computed_at)"
+                        " SELECT *, now() FROM new_cells ON CONFLICT DO NOTHING RETURNING cell_key"
                     ).fetchall()
                 }
                 con.unregister("new_cells")

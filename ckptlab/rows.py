@@ -32,6 +32,8 @@ class CellRow:
     device: str
     dtype: str
     seconds: float
+    code_source: str | None = None  # a plug-in's origin ("file my_metric.py"); None: shipped
+    code_hash: str | None = None  # sha256 of the plug-in's source
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,9 @@ class Resources(Strict):
     # fraction); on CPUs, that much heap growth (RLIMIT_DATA). A pass that runs out is
     # retried with half the batch, down to one sequence, then its cells fail.
     memory_limit_gib: PositiveFloat | None = None
+    # A plug-in cell's time budget in one unit (checked between its calls); past it, that
+    # cell fails and the unit goes on. Shipped analyses have none.
+    plugin_timeout_s: PositiveFloat | None = 600
 
 
 class Storage(Strict):
@@ -290,6 +293,8 @@ class Spec(Strict):
     description: str = ""
     models: Annotated[list[ModelSource], Field(min_length=1)]
     input_sets: list[InputSet] = []
+    # Analyses from outside ckptlab: .py files (relative to where the run starts) or modules.
+    plugins: list[Annotated[str, Field(min_length=1)]] = []
     analyses: Annotated[list[AnalysisSpec], Field(min_length=1)]
     resources: Resources = Resources()
     storage: Storage = Storage()
@@ -599,7 +604,16 @@ def _check_semantics(spec: Spec) -> None:
         if input_set.file is not None and not input_set.file.is_file():
             raise SpecError(f"input_sets[{i}].file", f"no such file: {input_set.file}")
 
-    known = registered_analyses()
+    from ckptlab.analyses.plugins import PluginError, load_all
+
+    try:
+        load_all(spec.plugins, Path.cwd())
+        known = registered_analyses()
+    except PluginError as err:
+        where, _, message = str(err).partition(": ")
+        if not where.startswith("plugins["):
+            where, message = "", str(err)
+        raise SpecError(where, message) from None
     keys: list[str] = []
     configurations: dict[str, int] = {}  # (name, params) -> first entry: same config = same cells
     for i, entry in enumerate(spec.analyses):

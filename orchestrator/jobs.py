@@ -5,7 +5,9 @@ job Ray sets ``RAY_ADDRESS``, so that run attaches to the cluster and its worker
 cluster's. The runtime env carries what the run needs from the laptop:
 
 - ``working_dir``: the spec and every local file it names (input-set text files, ICL task
-  files), at the same relative paths, so a cell's key is the same on the cluster as at home;
+  files, plug-in files), at the same relative paths, so a cell's key is the same on the
+  cluster as at home, and the top-level package of each module plug-in at its root (pure
+  Python only: compiled code, namespace packages and packages over 50 MiB are refused);
 - ``py_modules`` (``--code ship``, the default): this very ckptlab package, so the cluster
   runs the code that planned the job without installing anything (its Python environment
   must have ckptlab's dependencies: the image of infra/Dockerfile has them). ``--code image``
@@ -18,6 +20,7 @@ Tokens never travel in the runtime env (Ray's state API shows it): the Jobs clie
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import re
@@ -37,6 +40,7 @@ import yaml
 from pydantic import BaseModel
 
 import ckptlab
+from ckptlab.analyses.plugins import is_file_entry
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import SHIPPED_VERSION_FILE, code_version, shipped
 from ckptlab.spec import LocalModels, Spec
@@ -73,8 +77,9 @@ def _paths_in(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, Path]]:
 
 def spec_files(spec: Spec) -> list[tuple[tuple, Path]]:
     """Every local file a spec names, with its location in the spec: the input sets' text
-    files and any Path in an analysis' params (ICL task files)."""
+    files, plug-in files and any Path in an analysis' params (ICL task files)."""
     found = [(("input_sets", i, "file"), s.file) for i, s in enumerate(spec.input_sets) if s.file]
+    found += [(("plugins", i), Path(p)) for i, p in enumerate(spec.plugins) if is_file_entry(p)]
     for i, entry in enumerate(spec.analyses):
         params = get_analysis(entry.name).params_model.model_validate(entry.params)
         found += [(("analyses", i, "params", *loc), p) for loc, p in _paths_in(params)]
@@ -115,6 +120,24 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> St
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         staged.carried.append(str(path))
+    for entry in spec.plugins:
+        if is_file_entry(entry):
+            continue
+        # A module plug-in travels as its top-level package at the working dir's root: the
+        # working dir is on every worker's path, and unlike py_modules it does not shadow an
+        # installed package of the same name on the nodes that have one.
+        package = plugin_package(entry)
+        target = working_dir / package.name
+        if package.is_dir():
+            shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(package, target)
+        staged.carried.append(f"{entry} ({package})")
+    for name, definition in sorted(_entry_point_analyses(spec).items()):
+        staged.notes.append(
+            f"analysis {name} comes from an installed package ({definition}); it is not "
+            "carried: install that package on the cluster's nodes"
+        )
     for i, source in enumerate(spec.models):
         if isinstance(source, LocalModels):
             staged.notes.append(
@@ -123,6 +146,50 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> St
             )
     (working_dir / staged.spec_file).write_text(yaml.safe_dump(data, sort_keys=False))
     return staged
+
+
+MAX_PLUGIN_BYTES = 50 * 2**20  # a plug-in package bigger than this is data, not code
+_COMPILED = (".so", ".pyd", ".dylib", ".dll")
+
+
+def plugin_package(entry: str) -> Path:
+    """The folder (or single file) that ships a module plug-in: its top-level package, so its
+    sibling modules come along. One line when it cannot be shipped as files."""
+    top = entry.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as err:
+        raise SubmitError(f"plugins: {entry!r}: {err}") from None
+    if spec is None:
+        raise SubmitError(f"plugins: no module named {top!r} here: nothing to ship")
+    if spec.submodule_search_locations is None:
+        if not (spec.origin or "").endswith(".py"):
+            raise SubmitError(
+                f"plugins: {entry!r} is compiled code ({spec.origin}); it is not carried: "
+                "install it on the cluster's nodes (the image)"
+            )
+        return Path(spec.origin)
+    locations = list(spec.submodule_search_locations)
+    if spec.origin in (None, "namespace") or len(locations) != 1:
+        raise SubmitError(
+            f"plugins: {top!r} is a namespace package (Ray's py_modules and working_dir cannot "
+            "carry one, ray #50161): give it an __init__.py"
+        )
+    folder = Path(locations[0])
+    files = [p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    compiled = [p for p in files if p.suffix in _COMPILED]
+    if compiled:
+        raise SubmitError(
+            f"plugins: {top!r} holds compiled code ({compiled[0].name}); it is not carried: "
+            "install the package on the cluster's nodes (the image)"
+        )
+    size = sum(p.stat().st_size for p in files)
+    if size > MAX_PLUGIN_BYTES:
+        raise SubmitError(
+            f"plugins: {top!r} is {size / 2**20:.0f} MiB; plug-ins travel as code (at most "
+            f"{MAX_PLUGIN_BYTES // 2**20} MiB): put its data on shared storage"
+        )
+    return folder
 
 
 def stage_code(dest: Path) -> Path:
@@ -174,14 +241,27 @@ class JobRequest:
     wait_for_workers: float = 0  # seconds an autoscaling cluster may take to add workers
 
 
+def _entry_point_analyses(spec: Spec) -> dict[str, str]:
+    """The spec's analyses that come from installed packages: name -> origin."""
+    found = {}
+    for entry in spec.analyses:
+        definition = get_analysis(entry.name)
+        if definition.origin.kind == "entry point":
+            found[entry.name] = definition.origin.where
+    return found
+
+
 def check_request(request: JobRequest, base: Path) -> None:
     """What would fail on the cluster, refused here with one line before anything is sent:
-    a file the spec names that is missing, a results path relative to the job's temporary
-    working dir, credentials in the tracking URI."""
+    a file the spec names that is missing, a plug-in that cannot travel as files, a results
+    path relative to the job's temporary working dir, credentials in the tracking URI."""
     for location, path in spec_files(request.spec):
         if not (base / path).is_file():
             where = ".".join(str(k) for k in location)
             raise SubmitError(f"{where}: no such file: {path}")
+    for entry in request.spec.plugins:
+        if not is_file_entry(entry):
+            plugin_package(entry)
     db = request.db or (str(request.spec.storage.db) if request.spec.storage.db else None)
     if db and not Path(db).is_absolute():
         raise SubmitError(

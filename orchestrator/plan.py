@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptlab.analyses.plugins import PluginCode, loaded_code
 from ckptlab.analyses.registry import AnalysisDef, get_analysis
 from ckptlab.catalog import SUITES, Checkpoint, Suite, stage_rank
 from ckptlab.hub import (
@@ -117,6 +118,7 @@ class Plan:
     references: dict[str, ReferenceSpec] = field(default_factory=dict)
     reference_errors: dict[str, str] = field(default_factory=dict)  # model -> why none
     model_configs: dict[str, dict] = field(default_factory=dict)  # model -> its config.json
+    plugins: list[PluginCode] = field(default_factory=list)  # what every unit carries
 
     @property
     def total_cells(self) -> int:
@@ -140,9 +142,10 @@ def sha256_hex(text: str) -> str:
 
 
 def cell_key(commit: str, definition: AnalysisDef, params_json: str, input_set_id: str | None):
-    return sha256_hex(
-        canonical_json([commit, definition.name, definition.version, params_json, input_set_id])
-    )
+    identity = [commit, definition.name, definition.version, params_json, input_set_id]
+    if definition.origin.source_hash:  # a plug-in: its code is part of what a cell is
+        identity.append(definition.origin.source_hash)
+    return sha256_hex(canonical_json(identity))
 
 
 @dataclass(frozen=True)
@@ -541,4 +544,5 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
         unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
     needed = {c.reference_key for u in units for c in u.missing if c.reference_key}
     references = {k: v for k, v in references.items() if k in needed}
-    return Plan(spec, units, input_sets, references, reference_errors, model_configs)
+    plugins = [code for entry in spec.plugins if (code := loaded_code(entry)) is not None]
+    return Plan(spec, units, input_sets, references, reference_errors, model_configs, plugins)

@@ -91,6 +91,8 @@ def _task(
         allow_pickle=spec.loading.allow_pickle_weights,
         reference_errors=plan.reference_errors | reference_errors,
         sketches=sketches,
+        plugins=plan.plugins,
+        plugin_timeout_s=spec.resources.plugin_timeout_s,
     )
 
 

@@ -4,6 +4,7 @@ executor share them."""
 
 from __future__ import annotations
 
+import numbers
 import time
 import traceback
 from collections.abc import Iterator
@@ -15,8 +16,17 @@ import numpy as np
 import torch
 
 from ckptlab.analyses.capture import CheckpointContext, ReferenceSketch, sample_positions
+from ckptlab.analyses.plugins import PluginCode, PluginError
+from ckptlab.analyses.plugins import load as load_plugin
 from ckptlab.analyses.position_sample import PositionSample
-from ckptlab.analyses.registry import FORWARD_NEEDS, Need, Reducer, get_analysis
+from ckptlab.analyses.registry import (
+    FORWARD_NEEDS,
+    MetricValue,
+    Need,
+    Reducer,
+    get_analysis,
+    registered_analyses,
+)
 from ckptlab.home import hub_cache_dir
 from ckptlab.hub import (
     fetch_snapshot,
@@ -56,6 +66,9 @@ class UnitTask:
     # Why a reference sketch is missing, by sketch key or model (cross-checkpoint cells).
     reference_errors: dict[str, str] = field(default_factory=dict)
     sketches: list[SketchRequest] = field(default_factory=list)
+    # The spec's plug-ins: a file's text travels here, so a worker that never saw it runs it.
+    plugins: list[PluginCode] = field(default_factory=list)
+    plugin_timeout_s: float | None = None  # a plug-in cell's time budget in this unit
 
 
 @dataclass
@@ -175,6 +188,8 @@ class _Pass:
         self.requests = [r for r in task.sketches if r.input_set == input_set]
         self.running: dict[str, _Running] = {}
         self.samples: dict[str, PositionSample] = {}
+        # Plug-ins get their own copies of the batches and weights, and a time budget.
+        self.isolated = {c.key for c in cells if not get_analysis(c.analysis).shipped}
 
     def fail(self, cells: list[Cell], error: str) -> None:
         self.result.failures += failure_rows(self.task.checkpoint, self.task.commit, cells, error)
@@ -195,6 +210,8 @@ class _Pass:
                     )
                     continue
                 cell_context = replace(context, reference=reference)
+            if cell.key in self.isolated:
+                cell_context = _own_weights(cell_context)
             started = time.perf_counter()
             try:
                 params = definition.params_model.model_validate_json(
@@ -216,7 +233,7 @@ class _Pass:
             for key, running in list(self.running.items()):
                 started = time.perf_counter()
                 try:
-                    running.reducer.update(batch)
+                    running.reducer.update(batch.copy() if key in self.isolated else batch)
                 except Exception as err:
                     if is_out_of_memory(err):  # the whole pass retries with smaller batches
                         raise
@@ -224,9 +241,24 @@ class _Pass:
                     del self.running[key]
                     continue
                 running.seconds += time.perf_counter() - started
+                if self._over_budget(running):
+                    del self.running[key]
             for sample in self.samples.values():
                 sample.add(batch, batch.require("hidden_states"))
             del batch  # the next batch is computed with this one released
+
+    def _over_budget(self, running: _Running) -> bool:
+        """A plug-in past its time budget fails its cell (checked between its calls: a call
+        that never returns holds the unit until the job is stopped)."""
+        budget = self.task.plugin_timeout_s
+        if budget is None or running.cell.key not in self.isolated or running.seconds <= budget:
+            return False
+        self.fail(
+            [running.cell],
+            f"{running.cell.analysis}: exceeded its time budget of {budget:g} s "
+            f"({running.seconds:.1f} s; resources.plugin_timeout_s)",
+        )
+        return True
 
     def forward_failed(self, err: Exception) -> None:
         self.fail([r.cell for r in self.running.values()], f"forward: {_one_line(err)}")
@@ -251,10 +283,16 @@ class _Pass:
                 if Need.REFERENCE in reducer.needs and reducer.context.reference is None:
                     reducer.context.reference = self.result.sketches[cell.reference_key]
                 values = reducer.finalize()
+                malformed = malformed_rows(values)
+                if malformed:
+                    raise ValueError(f"returned malformed rows: {malformed}")
             except Exception as err:
                 self.fail([cell], f"{cell.analysis}: {_one_line(err)}")
                 continue
             running.seconds += time.perf_counter() - started
+            if self._over_budget(running):
+                continue
+            definition = get_analysis(cell.analysis)
             self.result.cells.append(
                 CellRow(
                     cell.key,
@@ -267,6 +305,8 @@ class _Pass:
                     self.result.device,
                     self.task.dtype,
                     running.seconds,
+                    None if definition.shipped else definition.origin.describe(),
+                    definition.origin.source_hash,
                 )
             )
             self.result.metrics += [
@@ -275,6 +315,41 @@ class _Pass:
                 )
                 for v in values
             ]
+
+
+def _own_weights(context: CheckpointContext) -> CheckpointContext:
+    """The context with copies of the weight tensors a plug-in asked for."""
+    copies = {
+        name: getattr(context, name).clone()
+        for name in ("lm_head_weight", "input_embedding_weight", "input_ids")
+        if getattr(context, name) is not None
+    }
+    return replace(context, **copies)
+
+
+_INT_FIELDS = ("layer", "item", "shots", "task_seed")
+
+
+def malformed_rows(values) -> str | None:
+    """Why an analysis' return value is not a list of MetricValue rows (first problem)."""
+    if not isinstance(values, list):
+        return f"expected a list of MetricValue, got {type(values).__name__}"
+    for i, v in enumerate(values):
+        if not isinstance(v, MetricValue):
+            return f"row {i} is a {type(v).__name__}, not a MetricValue"
+        if not isinstance(v.metric, str) or not v.metric:
+            return f"row {i}: metric must be a non-empty string, got {v.metric!r}"
+        if isinstance(v.value, bool) or not isinstance(v.value, numbers.Real):
+            return f"row {i} ({v.metric}): value must be a number, got {v.value!r}"
+        for name in _INT_FIELDS:
+            field_value = getattr(v, name)
+            if field_value is not None and (
+                isinstance(field_value, bool) or not isinstance(field_value, numbers.Integral)
+            ):
+                return f"row {i} ({v.metric}): {name} must be an integer, got {field_value!r}"
+        if v.task is not None and not isinstance(v.task, str):
+            return f"row {i} ({v.metric}): task must be a string, got {v.task!r}"
+    return None
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -365,6 +440,27 @@ def cpu_memory_cap(gib: float | None) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
+def _with_plugins(task: UnitTask, result: UnitResult) -> UnitTask:
+    """Load the task's plug-ins in this process (once per content); the cells of analyses
+    that did not load fail with the plug-in's reason and the unit goes on without them."""
+    errors = []
+    for code in task.plugins:
+        try:
+            load_plugin(code)
+        except PluginError as err:
+            errors.append(str(err))
+    known = registered_analyses()
+    missing = [c for c in task.cells if c.analysis not in known]
+    if not missing:
+        return task
+    why = "; ".join(errors) or "not registered on this worker"
+    for cell in missing:
+        result.failures += failure_rows(
+            task.checkpoint, task.commit, [cell], f"{cell.analysis}: {why}"
+        )
+    return replace(task, cells=[c for c in task.cells if c.analysis in known])
+
+
 def run_unit(
     task: UnitTask,
     device: str,
@@ -375,6 +471,7 @@ def run_unit(
     result = UnitResult(ref, task.commit, device=device, started_at=time.time())
     started = time.perf_counter()
     references = references or {}
+    task = _with_plugins(task, result)
     try:
         model, tokenizer = load_checkpoint(task, device, result)
     except Exception as err:

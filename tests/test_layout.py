@@ -20,7 +20,7 @@ LAYERS = [
     {"ckptlab", "ckptlab.home", "ckptlab.catalog", "ckptlab.rows", "ckptlab.corpora",
      "ckptlab.hub", "ckptlab.code_version"},
     # 1: the analyses and their support code
-    {"ckptlab.analyses"},
+    {"ckptlab.analyses", "ckptlab.analysis"},
     # 2: what a run is made of: specs, input sets, the results DB, lineage, the pico suite,
     # the report (figures of the results)
     {"ckptlab.spec", "ckptlab.inputs", "ckptlab.hub_corpus", "ckptlab.results",

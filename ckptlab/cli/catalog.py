@@ -5,26 +5,57 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ckptlab.cli.app import app, console, fail, hub_cache_dir, pico_app
+from ckptlab.cli.app import JsonOption, app, console, fail, hub_cache_dir, load, pico_app
 
 
 @app.command("analyses")
-def list_analyses() -> None:
-    """List the registered analyses with their versions and what they need."""
+def list_analyses(
+    spec_path: Annotated[
+        Path | None,
+        typer.Option("--spec", help="Also load this spec's plugins: and list theirs."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List the registered analyses: shipped, installed (entry points) and plug-ins, with
+    their versions, what they need and where their code comes from."""
+    from ckptlab.analyses.plugins import PluginError
     from ckptlab.analyses.registry import registered_analyses
 
+    if spec_path is not None:
+        load(spec_path)  # loads its plug-ins; a bad spec or plug-in is one line, exit 2
+    try:
+        known = registered_analyses()
+    except PluginError as err:
+        raise fail(str(err), 2) from None
+    rows = []
+    for name, definition in sorted(known.items()):
+        digest = definition.origin.source_hash
+        rows.append(
+            {
+                "name": name,
+                "version": definition.version,
+                "needs": sorted(definition.needs),
+                "origin": definition.origin.describe(),
+                "source_sha256": digest,
+                "summary": definition.doc.strip().splitlines()[0],
+            }
+        )
+    if json_output:
+        print(json.dumps(rows))
+        return
     table = Table()
-    for column in ("name", "version", "needs", "summary"):
+    for column in ("name", "version", "needs", "origin", "summary"):
         table.add_column(column)
-    for name, definition in sorted(registered_analyses().items()):
-        first_line = definition.doc.strip().splitlines()[0]
+    for row in rows:
+        origin = row["origin"] + (f" ({row['source_sha256'][:12]})" if row["source_sha256"] else "")
         table.add_row(
-            name, str(definition.version), ", ".join(sorted(definition.needs)), first_line
+            row["name"], str(row["version"]), ", ".join(row["needs"]), origin, row["summary"]
         )
     console.print(table)
 
