@@ -2,6 +2,7 @@
 
 from ckptlab.analyses import (  # noqa: F401
     anisotropy,
+    block_ablation,
     cka,
     dispersion,
     head_rank_proxy,

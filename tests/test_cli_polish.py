@@ -342,3 +342,17 @@ def test_the_python_api_doc_runs(polish, tmp_path, monkeypatch):
     assert curves.filter(pl.col("step") == 100)["1"].item() == expected
     assert (tmp_path / "anisotropy_by_layer.png").stat().st_size > 1000
     assert namespace["by_model"].columns == ["step", "pico/pico-xs"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "a"], "--seeds: expected comma-separated seed numbers (e.g. 0,1,2), got 'a'"),
+        (["--seeds", "0,12"], "--seeds: pico seeds are 0-9, got 12"),
+        (["--max-step", "0"], "--max-step: at least 1, got 0"),
+    ],
+)
+def test_pico_build_refuses_bad_options_in_one_line(args, message):
+    result = CliRunner().invoke(app, ["pico", "build", *args])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {message}"]

@@ -174,7 +174,15 @@ def pico_build(
     unknown = [s for s in size_list if s not in SUITES["pico"].sizes]
     if unknown:
         raise fail(f"--sizes: unknown pico size(s) {unknown}", 2)
-    seed_list = tuple(int(s) for s in seeds.split(","))
+    words = [s.strip() for s in seeds.split(",") if s.strip()]
+    if not words or not all(w.isdigit() for w in words):
+        raise fail(f"--seeds: expected comma-separated seed numbers (e.g. 0,1,2), got {seeds!r}", 2)
+    seed_list = tuple(int(w) for w in words)
+    most = SUITES["pico"].max_seed
+    if most is not None and max(seed_list) > most:
+        raise fail(f"--seeds: pico seeds are 0-{most}, got {max(seed_list)}", 2)
+    if max_step < 1:
+        raise fail(f"--max-step: at least 1, got {max_step}", 2)
     hub = hub_cache_dir()
     with Progress(console=console) as progress:
         bars: dict[str, int] = {}
