@@ -4,10 +4,10 @@ external resource).
 
 What is selected:
 
-- a **spec name**: every ``results`` row whose ``spec_name`` is it, whichever of its runs
-  computed the cell;
-- a **run**: the rows of that run's spec that existed when it finished, i.e. ``spec_name`` =
-  the run's and ``computed_at`` <= its ``finished_at`` (now, if it has not finished). A cell a
+- a **spec name**: every ``results`` row of a cell its runs planned (``run_cells``), whichever
+  run computed it, this spec's or another's that shares the cell;
+- a **run**: the rows of the cells it planned, and of its spec's, that existed when it
+  finished (``computed_at`` <= its ``finished_at``; now, if it has not finished). A cell a
   rerun found already stored keeps the run_id of the run that computed it, so filtering on
   ``run_id`` alone would leave out everything cached.
 
@@ -173,12 +173,18 @@ def resolve_selection(
 def select_rows(store: ResultStore, selection: Selection) -> pl.DataFrame:
     """The selection's non-item rows, each analysis at its latest version, with a ``variant``
     column (input set / params hash, empty when an analysis has only one)."""
+    # A spec's cells: those its runs planned (run_cells; a cell another spec's run computed
+    # first counts too), and, from databases older than run_cells, those its runs computed.
+    runs = "SELECT run_id FROM runs WHERE spec_name = ?"
+    if selection.run_id is not None:
+        runs = "SELECT run_id FROM runs WHERE run_id = ?"
     sql = (
         "SELECT model, size, seed, revision, step, analysis, analysis_version, params_hash,"
         " input_set, layer, metric, value, task, shots, task_seed"
-        " FROM results WHERE spec_name = ? AND item IS NULL"
+        f" FROM results WHERE item IS NULL AND (cell_key IN (SELECT cell_key FROM run_cells"
+        f" WHERE run_id IN ({runs})) OR spec_name = ?)"
     )
-    params: list = [selection.spec_name]
+    params: list = [selection.run_id or selection.spec_name, selection.spec_name]
     if selection.run_id is not None and selection.until is not None:
         sql += " AND computed_at <= ?"
         params.append(selection.until)

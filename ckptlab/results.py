@@ -73,6 +73,9 @@ ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS duplicate_of VARCHAR;
 ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS tokens_seen BIGINT;
 ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS stage VARCHAR;
 ALTER TABLE units ADD COLUMN IF NOT EXISTS batch_size INTEGER;
+-- Which cells each run's spec covers (computed by it or found stored): what a report of the
+-- spec counts, since a cell keeps the run_id of whichever run first computed it.
+CREATE TABLE IF NOT EXISTS run_cells (run_id VARCHAR, cell_key VARCHAR);
 ALTER TABLE cells ADD COLUMN IF NOT EXISTS code_source VARCHAR;
 ALTER TABLE cells ADD COLUMN IF NOT EXISTS code_hash VARCHAR;
 CREATE OR REPLACE VIEW results AS
@@ -316,6 +319,14 @@ class ResultStore:
                 [run_id, spec_name, spec_hash, spec_yaml, code, socket.gethostname(),
                  os.getpid(), trust_remote_code],
             )  # fmt: skip
+
+    def write_run_cells(self, run_id: str, cell_keys: list[str]) -> None:
+        """The cells a run's plan covers, whoever computes them."""
+        frame = pl.DataFrame({"run_id": [run_id] * len(cell_keys), "cell_key": cell_keys})
+        with self.transaction() as con:
+            con.register("new_run_cells", frame)
+            con.execute("INSERT INTO run_cells SELECT run_id, cell_key FROM new_run_cells")
+            con.unregister("new_run_cells")
 
     def mark_dead_runs(self, stale_after_s: float = 3600.0) -> list[str]:
         """Runs still marked running whose driver is gone: on this host, its process no

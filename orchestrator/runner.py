@@ -177,6 +177,9 @@ class _Lifecycle:
             code,
             self.spec.loading.trust_remote_code,
         )
+        self.store.write_run_cells(
+            self.run_id, sorted({c.key for u in plan.units for c in u.cells if c.key})
+        )
         configs = {s.name: s for s in self.spec.input_sets}
         for sets in plan.input_sets.values():
             for name, materialized in sets.items():
