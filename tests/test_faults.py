@@ -604,5 +604,7 @@ def test_out_of_memory_halves_the_batch_then_fails(pico_hub, ckptlab_home, tmp_p
     assert_frame_equal(got.drop("cell_key"), reference.drop("cell_key"), rtol=1e-5)
     assert code_none == 1, run_none.output
     assert [(u[1], u[2], u[3]) for u in units_none] == [(1, 0, 2), (1, 0, 2)]
-    assert len(errors_none) == 1 and "out of memory even at batch size 1" in errors_none[0][0]
+    # One reason per distinct allocation that failed: where the allocator gives up (oneDNN's
+    # primitive, the CPU allocator's enforce) varies from run to run; the verdict does not.
+    assert errors_none and all("out of memory even at batch size 1" in e[0] for e in errors_none)
     assert "Traceback" not in run_none.output
