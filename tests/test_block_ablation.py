@@ -5,20 +5,14 @@ plain output_hidden_states pass) and the whole model rerun, CE in float64."""
 from __future__ import annotations
 
 import copy
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from rich.console import Console
+from test_plugins import run_inline
 
 from ckptlab.hub import fetch_snapshot, load_model
-from ckptlab.orchestrator.executors import InlineExecutor
-from ckptlab.orchestrator.runner import make_plan, run_plan
-from ckptlab.results import ResultStore
-from ckptlab.spec import parse_spec
 
 RIDGE = 1e-8
 SPEC = {
@@ -76,21 +70,9 @@ def ridge_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ablation_run(tmp_path_factory, pico_hub):
-    root = tmp_path_factory.mktemp("ablation")
-    parsed = parse_spec(SPEC)
-    db = root / "results.duckdb"
-    plan = make_plan(parsed, db, pico_hub)
-    summary = run_plan(
-        plan,
-        yaml.safe_dump(SPEC),
-        db,
-        f"sqlite:///{root / 'mlflow.db'}",
-        pico_hub,
-        InlineExecutor(parsed.resources),
-        Console(file=io.StringIO()),
-    )
+    plan, summary, store = run_inline(SPEC, tmp_path_factory.mktemp("ablation"), pico_hub)
     assert summary.cells_failed == 0
-    return plan, ResultStore(db)
+    return plan, store
 
 
 @pytest.mark.parametrize("step", [0, 100])

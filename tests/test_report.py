@@ -263,33 +263,19 @@ def test_pick_steps_spreads_over_the_order():
 def test_a_spec_reports_the_cells_it_shares_with_another_specs_run(tmp_path, pico_hub):
     """A cell computed first by spec a's run is spec b's too when b plans it: b's report has
     it (a cell keeps the run_id of the run that computed it)."""
-    import io as _io
+    from test_plugins import run_inline
 
-    import yaml as _yaml
-    from rich.console import Console as _Console
-
-    from ckptlab.orchestrator.executors import InlineExecutor
-    from ckptlab.orchestrator.runner import make_plan, run_plan
     from ckptlab.report import resolve_selection, select_rows
-    from ckptlab.spec import parse_spec
 
-    db = tmp_path / "r.duckdb"
     base = {
         "models": [{"suite": "pico", "sizes": ["xs"], "steps": [0, 100]}],
         "input_sets": [{"name": "p", "builtin": "pydoc_topics", "num_sequences": 4}],
     }
     for name, analyses in (("a", ["saturation"]), ("b", ["saturation", "anisotropy"])):
-        spec = {"name": name, **base, "analyses": [{"name": n} for n in analyses]}
-        parsed = parse_spec(spec)
-        run_plan(
-            make_plan(parsed, db, pico_hub),
-            _yaml.safe_dump(spec),
-            db,
-            f"sqlite:///{tmp_path / 'm.db'}",
-            pico_hub,
-            InlineExecutor(parsed.resources),
-            _Console(file=_io.StringIO()),
+        run_inline(
+            {"name": name, **base, "analyses": [{"name": n} for n in analyses]}, tmp_path, pico_hub
         )
+    db = tmp_path / "results.duckdb"
     store = ResultStore(db)
     computed_by = dict(
         store.query("SELECT DISTINCT analysis, spec_name FROM results ORDER BY analysis").rows()
