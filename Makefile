@@ -9,7 +9,8 @@ $(STAMP): pyproject.toml constraints/pinned.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints/pinned.txt pins the tested versions, torch to its CPU wheel.
-	$(PY) -m pip install -q -c constraints/pinned.txt -e '.[dev]'
+	# [bench]: lm-evaluation-harness for the lm_eval analysis (the demo runs it).
+	$(PY) -m pip install -q -c constraints/pinned.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,6 +9,7 @@ from ckptlab.analyses import (  # noqa: F401
     icl,
     intrinsic_dimension,
     linearity,
+    lm_eval_harness,
     logit_lens,
     neuron_entropy,
     saturation,

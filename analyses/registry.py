@@ -38,6 +38,9 @@ __all__ = [
 # Content an analysis reads beyond its params (e.g. task data files), as a JSON-able summary
 # (fingerprints) that the plan adds to the cell key: changed data, new cells.
 ContextFn = Callable[[BaseModel], dict]
+# Local files an analysis reads that its params do not name as paths (the data files of a task
+# YAML that is named): ``ckptlab submit`` carries them next to the files that name them.
+FilesFn = Callable[[BaseModel], list[Path]]
 
 
 SHIPPED = "ckptlab"  # the origin of the analyses in ckptlab/analyses/
@@ -77,6 +80,7 @@ class AnalysisDef:
     doc: str
     context: ContextFn | None = None
     origin: Origin = Origin(SHIPPED, "ckptlab.analyses")
+    files: FilesFn | None = None
 
     @property
     def shipped(self) -> bool:
@@ -147,6 +151,7 @@ def analysis(
     needs: set[Need],
     params: type[BaseModel] = NoParams,
     context: ContextFn | None = None,
+    files: FilesFn | None = None,
 ):
     """Register a Reducer subclass (returned as is) or a function ``fn(context, params)``
     (returned as a callable on a whole Capture). Duplicate names, missing docstrings and
@@ -182,7 +187,7 @@ def analysis(
         reducer.needs = frozen
         _no_grad(reducer)
         _REGISTRY[name] = AnalysisDef(
-            name, version, frozen, params, reducer, target.__doc__, context, origin
+            name, version, frozen, params, reducer, target.__doc__, context, origin, files
         )
         if is_reducer:
             return target

@@ -30,6 +30,7 @@ SECTIONS = [  # in the order they appear
     "plan_scale",
     "streaming_memory",
     "gpu_sweep",
+    "lm_eval_share",
 ]
 HEADER = """# Benchmarks
 

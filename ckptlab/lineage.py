@@ -78,14 +78,20 @@ class Value:
 
 
 def mlflow_metrics(values: list[Value], multi_input: bool) -> dict[str, float]:
-    """MLflow key -> value for one checkpoint: one key per (analysis, metric, layer), and per
-    ICL (task, shots) the accuracy averaged over label seeds (``category/accuracy/shots_4``)."""
+    """MLflow key -> value for one checkpoint: one key per (analysis, metric, layer), per
+    lm-eval task and metric (``lm_eval/pico_python_mc/acc/shots_0``), and per ICL (task,
+    shots) the accuracy averaged over label seeds (``category/accuracy/shots_4``).
+    Per-item rows (neurons, lm-eval's documents) never reach it: they stay in DuckDB."""
     plain: dict[str, float] = {}
     facets: dict[str, list[float]] = {}
     for v in values:
         input_set = v.input_set if multi_input else None
         if v.task is None:
             plain[metric_key(v.label, v.analysis, v.metric, v.layer, input_set)] = v.value
+        elif v.task_seed is None:  # lm_eval: one value per task (and shots), under its name
+            shots = "" if v.shots is None else f"/shots_{v.shots}"
+            name = f"{v.analysis}/{v.task}/{v.metric}{shots}"
+            plain[metric_key(v.label, v.analysis, name, v.layer, input_set)] = v.value
         elif v.metric in ICL_SUMMARY_METRICS:
             name = f"{v.task}/{v.metric}/shots_{v.shots}"
             key = metric_key(v.label, v.analysis, name, v.layer, input_set)

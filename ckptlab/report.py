@@ -30,7 +30,18 @@ Figures (matplotlib, Agg, colorblind-safe: Okabe-Ito lines, viridis maps):
 - ``icl__<model>``: ICL accuracy vs number of demonstrations, a few steps (colour = step), mean
   over task seeds, chance (``chance_accuracy``) and the bag-of-words baseline (``bow_accuracy``,
   mean over the drawn steps), one panel per task;
+- ``linearity_cost__<model>``: each block's linearity (``linearity`` at layer k - 1) against
+  what removing it costs (``block_ablation``: CE with the block skipped, or replaced by its
+  fitted linear map, minus the intact CE), one point per (block, step), coloured by step;
+- what predicts what: per model, Spearman rho across checkpoints between every representation
+  metric (per layer and mean over layers) and every task accuracy (lm_eval acc / acc_norm,
+  ICL accuracy averaged over task seeds; ``correlation_table``), as a table (top TABLE_ROWS
+  metrics; all of it in ``correlations.csv``), a heatmap ``correlation__<model>`` and scatter
+  plots of the strongest pairs ``correlation_scatter__<model>``. ``SPEARMAN_SQL`` is the same
+  table as one DuckDB query;
 - a table of the selected runs' ``failures`` in the HTML.
+
+Duplicate checkpoints (``duplicate_of``) are drawn and correlated as the checkpoints they are.
 
 ``render_report`` never raises because data is partial or odd: a figure it cannot draw is
 skipped with a note in the HTML. It raises ``ReportError`` only when there is nothing to select
@@ -75,6 +86,15 @@ NAMED = {
     ),
 }
 ICL_STEPS = 5  # steps drawn per ICL figure, spread over the checkpoints' order
+# Task accuracies ("capabilities") a representation metric is correlated with, per analysis.
+CAPABILITIES = {"lm_eval": ("acc", "acc_norm"), "icl": ("accuracy",)}
+MIN_STEPS = 3  # common checkpoints a Spearman rho needs
+TABLE_ROWS = 30  # metrics per model in the HTML table and heatmap; correlations.csv has all
+TABLE_COLUMNS = 20  # task accuracies likewise
+SCATTER_PAIRS = 4  # strongest pairs drawn as scatter plots, per model
+CORRELATION_SECTION = "What predicts what"
+# Blue -> white -> vermillion (Okabe-Ito ends): a diverging map for rho in [-1, 1].
+DIVERGING = ("#0072B2", "#FFFFFF", "#D55E00")
 RC = {
     "figure.dpi": DPI,
     "savefig.dpi": DPI,
@@ -129,6 +149,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     failures: pl.DataFrame | None = None
     x: str = "step"
+    correlations: pl.DataFrame | None = None  # correlation_table; None: no task accuracies
 
 
 # ------------------------------------------------------------------------- selecting
@@ -378,6 +399,203 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# -------------------------------------------------------------- what predicts what
+
+# The correlation table in one DuckDB query over the whole database (``ckptlab query``): every
+# representation metric per layer and its mean over layers, against every task accuracy, with
+# each analysis at its latest version. Where an analysis has several parameter sets it mixes
+# them (the report keeps them apart), and it reads every spec's rows, not one spec's.
+SPEARMAN_SQL = """
+WITH latest AS (  -- non-item rows of each analysis's latest version
+    SELECT * FROM results WHERE item IS NULL AND isfinite(value)
+    QUALIFY analysis_version = max(analysis_version) OVER (PARTITION BY analysis)
+), per_layer AS (  -- representation metrics: one value per checkpoint and layer
+    SELECT model, analysis || '/' || metric AS metric, CAST(layer AS VARCHAR) AS layer,
+           input_set, step, avg(value) AS x
+    FROM latest
+    WHERE task IS NULL AND analysis NOT IN ('lm_eval', 'icl') AND metric NOT IN
+          ('num_predicted_tokens', 'lm_head_rows', 'twonn_points', 'neurons', 'num_clusters')
+    GROUP BY ALL
+), layer_mean AS (  -- the mean over layers, at the steps that have all of them
+    SELECT model, metric, 'mean' AS layer, input_set, step, avg(x) AS x
+    FROM per_layer WHERE layer IS NOT NULL GROUP BY model, metric, input_set, step
+    QUALIFY count(*) > 1
+        AND count(*) = max(count(*)) OVER (PARTITION BY model, metric, input_set)
+), accuracy AS (  -- task accuracies: lm_eval acc and acc_norm, ICL mean over task seeds
+    SELECT model, task, analysis || '/' || metric AS capability_metric, shots, step,
+           avg(value) AS y
+    FROM latest
+    WHERE (analysis = 'lm_eval' AND metric IN ('acc', 'acc_norm'))
+       OR (analysis = 'icl' AND metric = 'accuracy')
+    GROUP BY ALL
+), ranked AS (  -- tied values get the mean of the ranks they span: (lowest + highest) / 2
+    SELECT *,
+        (rank() OVER (pair ORDER BY x) + count(*) OVER pair + 1
+            - rank() OVER (pair ORDER BY x DESC)) / 2 AS rank_x,
+        (rank() OVER (pair ORDER BY y) + count(*) OVER pair + 1
+            - rank() OVER (pair ORDER BY y DESC)) / 2 AS rank_y
+    FROM (SELECT * FROM per_layer UNION ALL SELECT * FROM layer_mean)
+    JOIN accuracy USING (model, step)
+    WINDOW pair AS (PARTITION BY model, metric, layer, input_set, task, capability_metric, shots)
+)
+SELECT model, metric, layer, input_set, task, capability_metric, shots,
+       corr(rank_x, rank_y) AS rho, count(*) AS n_steps
+FROM ranked
+GROUP BY ALL
+HAVING count(*) >= 3 AND var_pop(rank_x) > 0 AND var_pop(rank_y) > 0
+ORDER BY model, abs(rho) DESC, metric, layer, task, capability_metric, shots
+"""
+CORRELATION_COLUMNS = ["model", "metric", "layer", "input_set", "task", "capability_metric",
+                       "shots", "rho", "n_steps"]  # fmt: skip
+
+
+def _finite_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Non-item rows with a finite value; input_set "" where none (a key polars joins on)."""
+    if "item" in rows.columns:
+        rows = rows.filter(pl.col("item").is_null())
+    if "input_set" not in rows.columns:
+        rows = rows.with_columns(pl.lit(None, pl.String).alias("input_set"))
+    rows = rows.filter(pl.col("value").is_finite())
+    return rows.with_columns(pl.col("input_set").fill_null(""))
+
+
+def _with_params(rows: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``column``'s values as 'analysis/value', plus ' [params abc123]' where the analysis
+    has several parameter sets among ``rows`` (different series, not repeats to average)."""
+    name = pl.col("analysis") + "/" + pl.col(column)
+    if "params_hash" in rows.columns:
+        several = pl.col("params_hash").n_unique().over("analysis") > 1
+        tag = " [params " + pl.col("params_hash").str.slice(0, 6) + "]"
+        name = name + pl.when(several).then(tag).otherwise(pl.lit(""))
+    return rows.with_columns(name.alias(column))
+
+
+def representation_series(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, metric, layer, input_set, step): the value of every representation metric,
+    i.e. rows with no task and no item, of analyses other than lm_eval and icl, bookkeeping
+    counts left out. ``metric`` is 'analysis/metric'; ``layer`` a string: the layer, NULL for
+    a scalar metric, or 'mean', the mean over layers at the steps that have all of them (for
+    metrics with several layers); ``input_set`` "" where none. Repeats (several revisions at
+    one step) are averaged."""
+    rep = _finite_rows(rows).filter(
+        pl.col("task").is_null()
+        & ~pl.col("analysis").is_in(list(CAPABILITIES))
+        & ~pl.col("metric").is_in(list(BOOKKEEPING))
+    )
+    rep = _with_params(rep, "metric").with_columns(pl.col("layer").cast(pl.String))
+    keys = ["model", "metric", "layer", "input_set"]
+    per_layer = rep.group_by(*keys, "step").agg(pl.col("value").mean())
+    mean = (
+        per_layer.filter(pl.col("layer").is_not_null())
+        .group_by("model", "metric", "input_set", "step")
+        .agg(pl.col("value").mean(), pl.len().alias("layers"))
+        .filter(
+            (pl.col("layers") > 1)
+            & (pl.col("layers") == pl.col("layers").max().over("model", "metric", "input_set"))
+        )
+        .select("model", "metric", pl.lit("mean").alias("layer"), "input_set", "step", "value")
+    )
+    return pl.concat([per_layer.select(*keys, "step", "value"), mean]).sort(*keys, "step")
+
+
+def capability_series(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, task, capability_metric, shots, step): task accuracy, i.e. lm_eval's acc
+    and acc_norm per task and num_fewshot (``shots``), and icl's accuracy per task and shots,
+    the mean over task seeds. ``capability_metric`` is 'lm_eval/acc', 'icl/accuracy', ..."""
+    wanted = pl.lit(False)
+    for analysis, metrics in CAPABILITIES.items():
+        wanted = wanted | ((pl.col("analysis") == analysis) & pl.col("metric").is_in(metrics))
+    cap = _finite_rows(rows).filter(wanted & pl.col("task").is_not_null())
+    cap = _with_params(cap.rename({"metric": "capability_metric"}), "capability_metric")
+    keys = ["model", "task", "capability_metric", "shots"]
+    return cap.group_by(*keys, "step").agg(pl.col("value").mean()).sort(*keys, "step")
+
+
+def _spearman(metrics: pl.DataFrame, capabilities: pl.DataFrame) -> pl.DataFrame:
+    """rho of every (metric series, accuracy series) pair of one model, over their common
+    steps."""
+    keys = ["model", "metric", "layer", "input_set", "task", "capability_metric", "shots"]
+    pairs = metrics.rename({"value": "x"}).join(
+        capabilities.rename({"value": "y"}), on=["model", "step"]
+    )
+    table = (
+        pairs.with_columns(  # Spearman = Pearson of the ranks; ties get their average rank
+            pl.col("x").rank("average").over(keys).alias("rank_x"),
+            pl.col("y").rank("average").over(keys).alias("rank_y"),
+        )
+        .group_by(keys)
+        .agg(pl.corr("rank_x", "rank_y").alias("rho"), pl.len().cast(pl.Int64).alias("n_steps"))
+        .filter((pl.col("n_steps") >= MIN_STEPS) & pl.col("rho").is_finite())  # constant: NaN
+    )
+    return (
+        table.with_columns(
+            pl.when(pl.col("input_set") != "").then(pl.col("input_set")).alias("input_set"),
+            pl.col("shots").cast(pl.Int64),
+        )
+        .sort(
+            pl.col("model"),
+            pl.col("rho").abs(),
+            *keys[1:],
+            descending=[False, True, *([False] * 6)],
+            nulls_last=True,
+        )
+        .select(CORRELATION_COLUMNS)
+    )
+
+
+def correlation_table(rows: pl.DataFrame) -> pl.DataFrame:
+    """Spearman rho across checkpoints, per model, between every representation metric
+    (``representation_series``) and every task accuracy (``capability_series``), over the
+    steps where both have a finite value: ranks averaged over ties (as scipy.stats.spearmanr),
+    then Pearson. A pair with fewer than MIN_STEPS common steps, or a constant series, has no
+    entry. ``rows``: results-view rows of one analysis version each (as ``select_rows``);
+    item rows are ignored. Columns: CORRELATION_COLUMNS, by model, then |rho| descending."""
+    return _spearman(representation_series(rows), capability_series(rows))
+
+
+def linearity_cost(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, input_set, step, block): block k's linearity (``linearity`` at layer k - 1,
+    the pair hidden_states[k-1] -> hidden_states[k]) next to what removing it costs:
+    removal_cost = cross_entropy_skip(k) - cross_entropy, linear_cost = cross_entropy_linear(k)
+    - cross_entropy (block_ablation; layer k = block k, the intact CE at no layer). Only
+    (block, step)s both analyses measured on the same input set; repeats averaged."""
+    base = _finite_rows(rows).filter(pl.col("task").is_null())
+    at = ["model", "input_set", "step"]
+
+    def series(analysis: str, metric: str, name: str, shift: int | None = 0) -> pl.DataFrame:
+        # shift: block = layer + shift; None: the row at no layer
+        part = base.filter((pl.col("analysis") == analysis) & (pl.col("metric") == metric))
+        if shift is None:
+            return (
+                part.filter(pl.col("layer").is_null())
+                .group_by(at)
+                .agg(pl.col("value").mean().alias(name))
+            )
+        part = part.filter(pl.col("layer").is_not_null())
+        block = (pl.col("layer").cast(pl.Int64) + shift).alias("block")
+        return part.group_by(*at, block).agg(pl.col("value").mean().alias(name))
+
+    joined = (
+        series("linearity", "linearity", "linearity", shift=1)
+        .join(series("block_ablation", "cross_entropy_skip", "skip"), on=[*at, "block"])
+        .join(series("block_ablation", "cross_entropy", "intact", shift=None), on=at)
+        .join(
+            series("block_ablation", "cross_entropy_linear", "linear"),
+            on=[*at, "block"],
+            how="left",
+        )
+    )
+    return (
+        joined.with_columns(
+            pl.when(pl.col("input_set") != "").then(pl.col("input_set")).alias("input_set"),
+            (pl.col("skip") - pl.col("intact")).alias("removal_cost"),
+            (pl.col("linear") - pl.col("intact")).alias("linear_cost"),
+        )
+        .select(*at[:2], "step", "block", "linearity", "removal_cost", "linear_cost")
+        .sort("model", "input_set", "block", "step", nulls_last=True)
+    )
+
+
 # ------------------------------------------------------------------------- drawing
 
 
@@ -619,6 +837,245 @@ def icl_figures(table: pl.DataFrame, x: str) -> list[Figure]:
     return figures
 
 
+def _model_order(rows: pl.DataFrame) -> list[str]:
+    found = rows.select("model", "size", "seed").unique().to_dicts()
+    found.sort(key=lambda m: (size_key(m["size"]), m["seed"] or 0, m["model"]))
+    return list(dict.fromkeys(m["model"] for m in found))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def _metric_label(metric: str, layer: str | None, input_set: str | None, sets: bool) -> str:
+    analysis, name = metric.split("/", 1)
+    label = _metric_title(analysis, name)
+    if layer == "mean":
+        label += ", mean over layers"
+    elif layer is not None:
+        label += f", layer {layer}"
+    return label + (f" [{input_set}]" if sets and input_set else "")
+
+
+def _task_label(task: str, capability: str, shots: int | None, several_shots: bool) -> str:
+    label = f"{task} {capability.split('/', 1)[1]}"
+    return label + (f", {shots}-shot" if several_shots and shots is not None else "")
+
+
+def _diverging():
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list("ckptlab_rho", DIVERGING)
+    return cmap.with_extremes(bad="#DDDDDD")  # bad: no entry
+
+
+def _step_norm(steps: list[float]):
+    """Step colours on the x axes' symlog scale: early checkpoints are told apart too."""
+    from matplotlib.colors import SymLogNorm
+
+    return SymLogNorm(linthresh=1, linscale=0.5, vmin=min(steps), vmax=max(max(steps), 1))
+
+
+def _step_colorbar(fig, image, axes) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    bar = fig.colorbar(image, ax=axes, label="training step", shrink=0.8)
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]:
+    """Per model: a heatmap of rho (the TABLE_ROWS metrics with the largest max |rho| x every
+    task accuracy; the HTML table is its data) and scatter plots of the SCATTER_PAIRS
+    strongest pairs, at most one per (metric, task accuracy) whatever the layer."""
+    figures: list[Figure] = []
+    if table.height == 0:
+        return figures
+    metrics, capabilities = representation_series(rows), capability_series(rows)
+    metric_keys = ["metric", "layer", "input_set"]
+    task_keys = ["task", "capability_metric", "shots"]
+    for model in [m for m in _model_order(rows) if m in set(table["model"])]:
+        part = table.filter(pl.col("model") == model)
+        sets = part["input_set"].drop_nulls().n_unique() > 1
+        shots = part.group_by("task", "capability_metric").agg(pl.col("shots").n_unique())
+        several = {(t, c) for t, c, n in shots.rows() if n > 1}
+        order = (
+            part.group_by(metric_keys)
+            .agg(pl.col("rho").abs().max().alias("top"))
+            .sort("top", *metric_keys, descending=[True, False, False, False], nulls_last=True)
+        )
+        shown = order.head(TABLE_ROWS).select(metric_keys).rows()
+        tasks = part.group_by(task_keys).agg(pl.col("rho").abs().max().alias("top"))
+        tasks = tasks.sort("top", *task_keys, descending=[True, False, False, False])
+        icl_last = pl.col("capability_metric").str.starts_with("icl/")
+        columns = tasks.head(TABLE_COLUMNS).sort(icl_last, *task_keys, nulls_last=True)
+        columns = columns.select(task_keys).rows()
+        cell = {
+            (r["metric"], r["layer"], r["input_set"], r["task"], r["capability_metric"],
+             r["shots"]): (r["rho"], r["n_steps"])
+            for r in part.iter_rows(named=True)
+        }  # fmt: skip
+        label = model.rsplit("/", 1)[-1]
+        heat = {
+            "kind": "correlation_heatmap",
+            "model": model,
+            "metrics_total": order.height,
+            "tasks_total": tasks.height,
+            "entries": part.height,
+            "rows": [_metric_label(*k, sets) for k in shown],
+            "row_keys": [list(k) for k in shown],
+            "columns": [_task_label(t, c, n, (t, c) in several) for t, c, n in columns],
+            "column_keys": [list(k) for k in columns],
+            "rho": [[cell.get((*k, *c), (None, None))[0] for c in columns] for k in shown],
+            "n_steps": [[cell.get((*k, *c), (None, None))[1] for c in columns] for k in shown],
+        }
+        title = f"Spearman ρ across checkpoints: {label}"
+        if order.height > len(shown) or tasks.height > len(columns):
+            title += f" (top {len(shown)} of {order.height} metrics"
+            title += f", {len(columns)} of {tasks.height} task accuracies, by max |ρ|)"
+
+        def draw_heat(fig, d=heat, title=title) -> None:
+            import numpy as np
+
+            grid = np.array(
+                [[np.nan if v is None else v for v in row] for row in d["rho"]], dtype=float
+            )
+            axis = fig.add_subplot()
+            image = axis.imshow(grid, cmap=_diverging(), vmin=-1, vmax=1, aspect="auto",
+                                interpolation="nearest")  # fmt: skip
+            axis.set_xticks(range(len(d["columns"])), d["columns"], rotation=40, ha="right")
+            axis.set_yticks(range(len(d["rows"])), d["rows"])
+            axis.grid(False)
+            if grid.size <= 600:  # values legible at this size
+                for (i, j), v in np.ndenumerate(grid):
+                    if np.isfinite(v):
+                        axis.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7,
+                                  color="white" if abs(v) > 0.7 else "black")  # fmt: skip
+            axis.set_xlabel("task accuracy")
+            axis.set_ylabel("representation metric")
+            axis.set_title(title)
+            fig.colorbar(image, ax=axis, label="Spearman ρ over checkpoints", shrink=0.8)
+
+        # Room for the labels (about 0.07 in per character at 9 pt), then for the cells.
+        width = 1.8 + 0.07 * max(map(len, heat["rows"])) + 0.55 * len(columns)
+        height = 1.4 + 0.24 * len(shown) + 0.045 * max(map(len, heat["columns"]))
+        name = f"correlation__{_slug(label)}"
+        figures.append(Figure(name, title, CORRELATION_SECTION, heat, draw_heat, (width, height)))
+
+        picked, seen = [], set()
+        for r in part.iter_rows(named=True):  # sorted by |rho|: strongest first
+            family = (r["metric"], r["input_set"], r["task"], r["capability_metric"], r["shots"])
+            if family in seen:
+                continue
+            seen.add(family)
+            x = metrics.filter(
+                (pl.col("model") == model)
+                & pl.all_horizontal(pl.col(k).eq_missing(r[k]) for k in ["metric", "layer"])
+                & (pl.col("input_set") == (r["input_set"] or ""))
+            )
+            y = capabilities.filter(
+                (pl.col("model") == model)
+                & pl.all_horizontal(pl.col(k).eq_missing(r[k]) for k in task_keys)
+            )
+            points = x.join(y, on="step", suffix="_y").sort("step")
+            task = (r["task"], r["capability_metric"])
+            picked.append(
+                {
+                    **{k: r[k] for k in CORRELATION_COLUMNS if k != "model"},
+                    "metric_label": _metric_label(r["metric"], r["layer"], r["input_set"], sets),
+                    "task_label": _task_label(*task, r["shots"], task in several),
+                    "steps": points["step"].to_list(),
+                    "x": points["value"].to_list(),
+                    "y": points["value_y"].to_list(),
+                }
+            )
+            if len(picked) == SCATTER_PAIRS:
+                break
+        scatter_title = f"Strongest pairs across checkpoints: {label}"
+        ncols = min(len(picked), 2)
+        nrows = math.ceil(len(picked) / ncols)
+
+        def draw_scatter(fig, panels=picked, title=scatter_title, ncols=ncols, nrows=nrows):
+            import textwrap
+
+            axes = fig.subplots(nrows, ncols, squeeze=False)
+            norm = _step_norm([s for p in panels for s in p["steps"]])
+            image = None
+            for axis, panel in zip(axes.flat, panels, strict=False):
+                axis.plot(panel["x"], panel["y"], color="#999999", linewidth=0.8, zorder=1)
+                image = axis.scatter(panel["x"], panel["y"], c=panel["steps"], cmap="viridis",
+                                     norm=norm, s=28, edgecolors="black", linewidths=0.3,
+                                     zorder=2)  # fmt: skip
+                axis.set_xlabel(textwrap.fill(panel["metric_label"], 45))
+                axis.set_ylabel(textwrap.fill(panel["task_label"], 40))
+                axis.set_title(f"ρ = {panel['rho']:+.2f} over {panel['n_steps']} checkpoints")
+            for axis in list(axes.flat)[len(panels) :]:
+                axis.set_visible(False)
+            fig.suptitle(title + " (points in step order)")
+            if image is not None:
+                _step_colorbar(fig, image, axes.ravel().tolist())
+
+        scatter = {"kind": "correlation_scatter", "model": model, "panels": picked}
+        name, size = f"correlation_scatter__{_slug(label)}", (4.2 * ncols + 1.2, 3.6 * nrows + 0.6)
+        figures.append(
+            Figure(name, scatter_title, CORRELATION_SECTION, scatter, draw_scatter, size)
+        )
+    return figures
+
+
+def linearity_cost_figures(frame: pl.DataFrame, models: list[str] | None = None) -> list[Figure]:
+    """Per (model, input set): a block's linearity against what removing it costs (skipped;
+    replaced by its fitted linear map), one point per (block, step), coloured by step, each
+    block's points joined in step order and labelled at the last step."""
+    figures: list[Figure] = []
+    if frame.height == 0:
+        return figures
+    sets = frame["input_set"].drop_nulls().n_unique() > 1
+    groups = frame.select("model", "input_set").unique().rows()
+    order = {m: i for i, m in enumerate(models or dict.fromkeys(frame["model"]))}
+    for model, input_set in sorted(groups, key=lambda g: (order.get(g[0], 0), g[0], g[1] or "")):
+        part = frame.filter((pl.col("model") == model) & pl.col("input_set").eq_missing(input_set))
+        blocks = []
+        for block in sorted(set(part["block"])):
+            line = part.filter(pl.col("block") == block).sort("step")
+            blocks.append(
+                {"block": block, **{k: line[k].to_list() for k in
+                 ("step", "linearity", "removal_cost", "linear_cost")}}
+            )  # fmt: skip
+        label = model.rsplit("/", 1)[-1] + (f" [{input_set}]" if sets and input_set else "")
+        title = f"Block linearity vs removal cost over training: {label}"
+
+        def draw(fig, blocks=blocks, title=title) -> None:
+            axes = fig.subplots(1, 2, squeeze=False, sharex=True)[0]
+            norm = _step_norm([s for b in blocks for s in b["step"]])
+            panels = (
+                ("removal_cost", "block skipped (identity)"),
+                ("linear_cost", "block replaced by its fitted linear map"),
+            )
+            image = None
+            for axis, (cost, what) in zip(axes, panels, strict=True):
+                for b in blocks:
+                    ys = [math.nan if v is None else v for v in b[cost]]
+                    axis.plot(b["linearity"], ys, color="#999999", linewidth=0.8, zorder=1)
+                    image = axis.scatter(b["linearity"], ys, c=b["step"], cmap="viridis",
+                                         norm=norm, s=24, edgecolors="black", linewidths=0.3,
+                                         zorder=2)  # fmt: skip
+                    last = (b["linearity"][-1], ys[-1])  # label the block at its last step
+                    axis.annotate(f"block {b['block']}", last, xytext=(4, 2),
+                                  textcoords="offset points", fontsize=7)  # fmt: skip
+                axis.axhline(0, color="black", linewidth=0.6)
+                axis.set_xlabel("linearity of the block (hidden_states[k-1] → [k])")
+                axis.set_ylabel("Δ cross-entropy (nats/token)")
+                axis.set_title(what)
+            fig.suptitle(title)
+            if image is not None:
+                _step_colorbar(fig, image, list(axes))
+
+        data = {"model": model, "input_set": input_set, "blocks": blocks}
+        name = f"linearity_cost__{_slug(label)}"
+        figures.append(Figure(name, title, "Linearity vs removal cost", data, draw, (10.0, 4.2)))
+    return figures
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -633,6 +1090,75 @@ def _failures(store: ResultStore, selection: Selection) -> pl.DataFrame:
         sql += " AND f.run_id = ?"
         params.append(selection.run_id)
     return store.query(sql + " ORDER BY f.model, f.step, f.analysis", params)
+
+
+def _figure_html(figure: Figure, images: dict[str, str]) -> str:
+    e = html.escape
+    return (
+        f'<figure id="{e(figure.name)}"><img alt="{e(figure.title)}" '
+        f'src="data:image/png;base64,{images[figure.name]}">'
+        f"<figcaption>{e(figure.title)} (<code>{e(figure.name)}.png</code>, "
+        f"<code>.svg</code>)</figcaption></figure>"
+    )
+
+
+def _rho_colour(rho: float) -> str:
+    """A light shade of the heatmap's colour for ``rho``: the text stays readable."""
+    end = DIVERGING[2] if rho > 0 else DIVERGING[0]
+    weight = 0.6 * min(abs(rho), 1.0)
+    channels = (int(end[i : i + 2], 16) for i in (1, 3, 5))
+    return "#" + "".join(f"{round(255 - weight * (255 - c)):02X}" for c in channels)
+
+
+def _correlation_html(report: Report, images: dict[str, str]) -> list[str]:
+    """The correlation section: what the numbers are, then per model the table (the
+    heatmap's data), the heatmap and the scatter plots."""
+    if report.correlations is None:
+        return []
+    e = html.escape
+    parts = [
+        f'<h2 id="correlations">{e(CORRELATION_SECTION)}</h2>',
+        "<p>Spearman ρ across checkpoints, per model: each representation metric (a row: per"
+        " layer, and its mean over layers) against each task accuracy (a column: lm_eval acc"
+        " and acc_norm, ICL accuracy averaged over task seeds), over the checkpoints where both"
+        f" have a finite value (at least {MIN_STEPS}; a constant series has no ρ). Shown per"
+        f" model: the {TABLE_ROWS} metrics and {TABLE_COLUMNS} task accuracies with the largest"
+        f" max |ρ|, rows sorted by it; all {report.correlations.height} entries are in"
+        " <code>correlations.csv</code> next to"
+        " this page. A metric that only trends with training correlates with every accuracy"
+        " that also trends: a large |ρ| says the two move together over these checkpoints,"
+        " not that one causes the other.</p>",
+    ]
+    if report.correlations.height == 0:
+        return [*parts, "<p>No entries.</p>"]
+    figures = [f for f in report.figures if f.section == CORRELATION_SECTION]
+    for heat in [f for f in figures if f.data.get("kind") == "correlation_heatmap"]:
+        d = heat.data
+        parts.append(f"<h3>{e(d['model'])}</h3>")
+        rows, columns = len(d["rows"]), len(d["columns"])
+        parts.append(
+            f"<p>{rows} of {d['metrics_total']} metrics, {columns} of {d['tasks_total']} task"
+            f" accuracies (those with the largest |ρ|), of {d['entries']} entries.</p>"
+        )
+        parts.append('<table class="correlations"><tr><th>representation metric</th>')
+        parts += [f"<th>{e(c)}</th>" for c in d["columns"]]
+        parts.append("</tr>")
+        for label, rhos, counts in zip(d["rows"], d["rho"], d["n_steps"], strict=True):
+            cells = [f"<td>{e(label)}</td>"]
+            for rho, n in zip(rhos, counts, strict=True):
+                if rho is None:
+                    cells.append("<td></td>")
+                else:
+                    cells.append(
+                        f'<td style="background:{_rho_colour(rho)};text-align:right"'
+                        f' title="{n} checkpoints">{rho:+.2f}</td>'
+                    )
+            parts.append(f"<tr>{''.join(cells)}</tr>")
+        parts.append("</table>")
+        for figure in figures:
+            if figure.data.get("model") == d["model"] and figure.name in images:
+                parts.append(_figure_html(figure, images))
+    return parts
 
 
 def _html(report: Report, images: dict[str, str], db: Path, seconds: float) -> str:
@@ -653,17 +1179,13 @@ def _html(report: Report, images: dict[str, str], db: Path, seconds: float) -> s
     ]
     section = None
     for figure in report.figures:
-        if figure.name not in images:
+        if figure.name not in images or figure.section == CORRELATION_SECTION:
             continue
         if figure.section != section:
             section = figure.section
             parts.append(f"<h2>{e(section)}</h2>")
-        parts.append(
-            f'<figure id="{e(figure.name)}"><img alt="{e(figure.title)}" '
-            f'src="data:image/png;base64,{images[figure.name]}">'
-            f"<figcaption>{e(figure.title)} (<code>{e(figure.name)}.png</code>, "
-            f"<code>.svg</code>)</figcaption></figure>"
-        )
+        parts.append(_figure_html(figure, images))
+    parts += _correlation_html(report, images)
     parts.append('<h2 id="failures">Failures</h2>')
     failures = report.failures
     if failures is None:
@@ -744,6 +1266,22 @@ def build_report(store: ResultStore, selection: Selection, x: str = "step") -> R
             lambda a=analysis, m=metric: heatmap_figure(rows, a, m, report.x),
         )
     attempt("ICL", lambda: icl_figures(icl_table(rows), report.x))
+    attempt(
+        "linearity vs removal cost",
+        lambda: linearity_cost_figures(linearity_cost(rows), _model_order(rows)),
+    )
+    try:
+        if capability_series(rows).height:
+            report.correlations = correlation_table(rows)
+            if report.correlations.height == 0:
+                report.notes.append(
+                    f"correlations: no metric and task accuracy share {MIN_STEPS} checkpoints"
+                    " with varying values"
+                )
+    except Exception as err:
+        report.notes.append(f"correlations: not computed ({_one_line(err)})")
+    if report.correlations is not None:
+        attempt("correlations", lambda: correlation_figures(report.correlations, rows))
     skipped = sorted(set(rows.filter(pl.col("metric").is_in(list(BOOKKEEPING)))["metric"]))
     if skipped:
         report.notes.append("bookkeeping counts not drawn: " + ", ".join(skipped))
@@ -781,7 +1319,8 @@ def render_report(
 ) -> list[Path]:
     """Write ``<name>.png`` and ``<name>.svg`` per figure, ``figures.json`` (each figure's
     plotted numbers) and ``index.html`` (self-contained) into ``out``; return the files
-    written (PNGs, SVGs, figures.json, index.html). ``x="tokens"`` plots against the
+    written (PNGs, SVGs, correlations.csv where there are task accuracies, figures.json,
+    index.html). ``x="tokens"`` plots against the
     checkpoints' ``tokens_seen`` where that column exists (else the step, with a note).
     Files an earlier report wrote into ``out`` and this one did not are removed."""
     import io
@@ -821,6 +1360,10 @@ def render_report(
             drawn.append(
                 {"name": figure.name, "title": figure.title, "figsize": figure.size, **figure.data}
             )
+    if report.correlations is not None:  # the whole table; the page shows the top rows
+        csv = out / "correlations.csv"
+        report.correlations.write_csv(csv)
+        written.append(csv)
     manifest = out / "figures.json"
     _remove_stale(manifest, {p.name for p in written})
     document = {
@@ -859,6 +1402,6 @@ def _remove_stale(manifest: Path, keep: set[str]) -> None:
             isinstance(name, str)
             and name not in keep
             and "/" not in name
-            and name.endswith((".png", ".svg"))
+            and name.endswith((".png", ".svg", ".csv"))
         ):
             (manifest.parent / name).unlink(missing_ok=True)

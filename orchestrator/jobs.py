@@ -81,9 +81,19 @@ def spec_files(spec: Spec) -> list[tuple[tuple, Path]]:
     found = [(("input_sets", i, "file"), s.file) for i, s in enumerate(spec.input_sets) if s.file]
     found += [(("plugins", i), Path(p)) for i, p in enumerate(spec.plugins) if is_file_entry(p)]
     for i, entry in enumerate(spec.analyses):
-        params = get_analysis(entry.name).params_model.model_validate(entry.params)
+        definition = get_analysis(entry.name)
+        params = definition.params_model.model_validate(entry.params)
         found += [(("analyses", i, "params", *loc), p) for loc, p in _paths_in(params)]
+        if definition.files is not None:  # named inside those files, not by the spec
+            found += [
+                (("analyses", i, COMPANION, k), p) for k, p in enumerate(definition.files(params))
+            ]
     return found
+
+
+# The location of a file named by another file (a task YAML's data), not by the spec: it is
+# carried to the same place relative to the run's directory, and the spec is left as it is.
+COMPANION = "read by its files"
 
 
 def _set(data: Any, location: tuple, value: str) -> None:
@@ -111,8 +121,14 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> St
         try:
             relative = source.relative_to(base.resolve())
         except ValueError:
-            relative = Path(_OUTSIDE) / str(n) / source.name
             where = ".".join(str(k) for k in location)
+            if COMPANION in location:  # the file naming it cannot be rewritten to the copy
+                staged.notes.append(
+                    f"{where}: {path} is outside {base} and is not carried; keep a task's "
+                    "data files next to its YAML inside the project"
+                )
+                continue
+            relative = Path(_OUTSIDE) / str(n) / source.name
             staged.notes.append(f"{where}: {path} is outside {base}; carried as {relative}")
         if Path(path) != relative:  # absolute, or outside: the staged spec names the copy
             _set(data, location, str(relative))

@@ -83,7 +83,8 @@ def test_the_image_is_cuda_ray_and_runs_ckptlab_as_non_root():
     users = [rest for instruction, rest in final if instruction == "USER"]
     assert users and users[-1] not in ("root", "0")
     runs = " ".join(rest for instruction, rest in final if instruction == "RUN")
-    assert "-c /tmp/pinned.txt /tmp/dist/ckptlab-" in runs  # the wheel, at pinned versions
+    # the wheel with its [bench] extra (lm_eval), at pinned versions
+    assert '-c /tmp/pinned.txt "$(echo /tmp/dist/ckptlab-*.whl)[bench]"' in runs
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     [command] = [r for i, r in final if i in ("CMD", "ENTRYPOINT")]
     assert yaml.safe_load(command)[0] in scripts  # the package's console script

@@ -22,9 +22,10 @@ LAYERS = [
     # 1: the analyses and their support code
     {"ckptlab.analyses", "ckptlab.analysis"},
     # 2: what a run is made of: specs, input sets, the results DB, lineage, the pico suite,
-    # the report (figures of the results)
+    # the report (figures of the results), the export of lm-eval's results
     {"ckptlab.spec", "ckptlab.inputs", "ckptlab.hub_corpus", "ckptlab.results",
-     "ckptlab.lineage", "ckptlab.sync", "ckptlab.pico", "ckptlab.report"},
+     "ckptlab.lineage", "ckptlab.sync", "ckptlab.pico", "ckptlab.report",
+     "ckptlab.lm_eval_export"},
     # 3: planning and running
     {"ckptlab.orchestrator"},
     # 4: what people call

@@ -55,6 +55,10 @@ EXPECTED = {
     "heatmap__anisotropy__anisotropy",
     "icl__pico-xs",
     "icl__pico-s",
+    "correlation__pico-xs",
+    "correlation_scatter__pico-xs",
+    "correlation__pico-s",
+    "correlation_scatter__pico-s",
 }
 
 

@@ -66,6 +66,8 @@ def test_every_analysis_runs_in_the_pipeline(seeds_run):
         "cka": n_checkpoints * (layers + 1),
         "icl": n_checkpoints * 2 * 3 * 9,  # 2 tasks x 3 shot counts x 9 metrics
         "block_ablation": n_checkpoints * (1 + 2 * layers),  # intact + skip/linear per block
+        # mc: acc, acc_norm, their stderrs, n_docs; cloze: acc, its stderr, perplexity, n_docs
+        "lm_eval": n_checkpoints * (5 + 4),
     }
     assert set(per_analysis) == shipped() - {"dispersion", "neuron_entropy"}
     # dispersion: every layer, plus cluster rows whose number depends on the text.

@@ -52,7 +52,9 @@ def report(
         str, typer.Option("--x", help="step, or tokens (where checkpoints have tokens_seen).")
     ] = "step",
 ) -> None:
-    """Write PNG + SVG figures and a self-contained index.html of a spec's or a run's results."""
+    """Write PNG + SVG figures and a self-contained index.html of a spec's or a run's results,
+    and correlations.csv: per model, Spearman rho across checkpoints between every
+    representation metric and every task accuracy (lm_eval, icl)."""
     from ckptlab.report import ReportError, render_report, resolve_selection
     from ckptlab.results import ResultsBusy, ResultStore
 
@@ -76,3 +78,8 @@ def report(
         f"{figures} figures in {time.perf_counter() - started:.1f} s: {out / 'index.html'}",
         highlight=False,
     )
+    table = out / "correlations.csv"
+    if table in written:  # the page shows the top rows per model; the file has them all
+        console.print(
+            f"Spearman correlations over checkpoints: {table}", highlight=False, soft_wrap=True
+        )
