@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import logging
-import os
 import random
 from functools import cache
 from pathlib import Path
@@ -213,32 +213,44 @@ def _rng_restored():
 @contextlib.contextmanager
 def _quiet():
     """lm-eval and datasets log a warning about the model instance and draw progress bars per
-    task; in a worker's log, across hundreds of checkpoints, that is noise."""
+    task; in a worker's log, across hundreds of checkpoints, that is noise. (tqdm reads
+    TQDM_DISABLE when it is imported, long before this: its bars go to a swallowed stderr;
+    log handlers keep the real one, so warnings that matter still show.)"""
     loggers = [logging.getLogger(n) for n in ("lm-eval", "lm_eval", "datasets", "evaluate")]
     levels = [lg.level for lg in loggers]
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+
+
+@contextlib.contextmanager
+def _no_environment_report(evaluator):
+    """simple_evaluate ends by describing the environment (torch's collect_env: a `pip list`
+    and driver queries in subprocesses, ~0.5 s, most of a pico checkpoint's evaluation).
+    ckptlab records the versions once per run (MLflow tags) and never reads this part of the
+    results, so per checkpoint it is skipped."""
+    original = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
 
 
 def evaluate(model, tokenizer, params: LmEvalParams) -> dict:
     """lm-eval's ``simple_evaluate`` on a model instance; returns its results dict (with the
     per-document samples)."""
     lm_eval = _require_lm_eval()
+    from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
 
     device = next(model.parameters()).device
-    with _quiet(), _rng_restored():
+    with _quiet(), _rng_restored(), _no_environment_report(evaluator):
         # For an instance, simple_evaluate ignores batch_size, device and dtype: they go to
         # HFLM. The tokenizer is a copy: HFLM adds a pad token to the one it is given.
         lm = HFLM(
