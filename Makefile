@@ -24,6 +24,8 @@ demo: install
 	$(VENV)/bin/ckptlab query "SELECT model, task, shots, round(avg(value), 3) AS accuracy \
 	  FROM results WHERE metric = 'accuracy' AND step >= 600 AND size = 'm' \
 	  GROUP BY ALL ORDER BY task, shots"
+	$(VENV)/bin/ckptlab query "SELECT model, task, step, round(value, 3) AS acc FROM results \
+	  WHERE analysis = 'lm_eval' AND metric = 'acc' AND step IN (0, 1000) ORDER BY task, model, step"
 
 lint: install
 	$(VENV)/bin/ruff check .
