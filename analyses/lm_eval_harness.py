@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 from functools import cache
 from pathlib import Path
@@ -143,6 +144,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _relative_to(value, folder: Path):
+    """``value`` with every string naming a path under ``folder`` made relative to it."""
+    if isinstance(value, dict):
+        return {k: _relative_to(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_to(v, folder) for v in value]
+    prefix = f"{folder.resolve()}{os.sep}"
+    if isinstance(value, str) and value.startswith(prefix):
+        return value[len(prefix) :]
+    return value
+
+
 def task_identity(params: LmEvalParams) -> dict:
     """The plan's context of an lm_eval cell: lm-eval's version, and per task its version and
     a hash of its resolved config with each local data file replaced by the hash of its
@@ -167,6 +180,9 @@ def task_identity(params: LmEvalParams) -> dict:
                 files[split] = "sha256:" + _sha256(Path(path).read_bytes())
             except OSError as err:
                 raise ValueError(f"task {name!r}: data file {path}: {err.strerror}") from None
+        # Unresolved ``!function`` entries read as absolute paths next to the YAML: relative,
+        # a task hashes the same wherever its folder is (a laptop, a job's working dir).
+        config = _relative_to(config, local_tasks(params)[name].parent)
         identities[name] = {
             "version": (config.get("metadata") or {}).get("version"),
             "config_sha256": _sha256(json.dumps(config, sort_keys=True, default=str).encode()),

@@ -326,3 +326,25 @@ def test_submit_carries_a_task_file_and_the_data_it_names(tmp_path, monkeypatch)
     assert loaded["dataset_kwargs"]["data_files"]["test"] == str(
         (work / "tasks" / "data" / "my_mc.jsonl").resolve()
     )
+
+
+def test_a_task_hashes_the_same_wherever_its_folder_is(tmp_path):
+    """A laptop's folder and a job's working dir: same task, same data, same cells, also for
+    a task whose YAML names a function in a file next to it."""
+    for where in ("laptop", "cluster"):
+        folder = tmp_path / where / "tasks"
+        folder.mkdir(parents=True)
+        shutil.copy(SHIPPED_TASKS / "pico_python_mc.jsonl", folder / "docs.jsonl")
+        (folder / "utils.py").write_text("def process_docs(dataset):\n    return dataset\n")
+        text = (SHIPPED_TASKS / "pico_python_mc.yaml").read_text()
+        text = text.replace("task: pico_python_mc", "task: moved_mc")
+        text = text.replace("test: pico_python_mc.jsonl", "test: docs.jsonl")
+        (folder / "moved_mc.yaml").write_text(text + "process_docs: !function utils.process_docs\n")
+
+    def identity(where: str) -> dict:
+        harness.task_manager.cache_clear()
+        task_file = tmp_path / where / "tasks" / "moved_mc.yaml"
+        return task_identity(LmEvalParams(tasks=["moved_mc"], task_files=[task_file]))
+
+    assert identity("laptop") == identity("cluster")
+    harness.task_manager.cache_clear()
