@@ -348,3 +348,26 @@ def test_a_task_hashes_the_same_wherever_its_folder_is(tmp_path):
 
     assert identity("laptop") == identity("cluster")
     harness.task_manager.cache_clear()
+
+
+def test_batch_size_device_and_dtype_are_set_on_hflm(pico_hub, monkeypatch):
+    """simple_evaluate ignores them for a model instance: the analysis gives them to HFLM."""
+    from lm_eval.models import huggingface
+
+    seen = {}
+    original = huggingface.HFLM.__init__
+
+    def recording(self, *args, **kwargs):
+        seen.update(kwargs)
+        original(self, *args, **kwargs)
+        seen["batch_size_used"] = self.batch_size
+
+    monkeypatch.setattr(huggingface.HFLM, "__init__", recording)
+    folder, _ = fetch_snapshot("pico/pico-xs", "step100", pico_hub, local_only=True)
+    model, tokenizer = load_model(folder, "float32", "cpu"), load_tokenizer(folder)
+    harness.evaluate(
+        model, tokenizer, LmEvalParams(tasks=["pico_python_mc"], limit=2, batch_size=3)
+    )
+    assert (seen["batch_size"], seen["batch_size_used"]) == (3, 3)
+    assert (seen["device"], seen["dtype"]) == ("cpu", torch.float32)
+    assert seen["tokenizer"] is not tokenizer  # a copy
