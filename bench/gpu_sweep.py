@@ -31,6 +31,7 @@ from common import provenance, table
 SHAPES = {  # Pythia's: hidden, layers, heads, intermediate
     "410m": (1024, 24, 16, 4096),
     "1.4b": (2048, 24, 16, 8192),
+    "160m": (768, 12, 12, 3072),
     "tiny": (64, 2, 2, 256),
 }
 # Dense bf16 peak flop/s (vendor datasheets, no sparsity).
@@ -41,8 +42,16 @@ def peak_flops(name: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16.items() if key in name), None)
 
 
-def publish(hub: Path, size: str, revisions: int, dtype: torch.dtype) -> int:
-    """Publish ``revisions`` distinct checkpoints of one shape; returns the parameter count."""
+def vocab_of(size: str) -> int:
+    return 50304 if size != "tiny" else 1024
+
+
+def publish(
+    hub: Path, size: str, revisions: int, dtype: torch.dtype, *, repo=None, tokenizer=None
+) -> int:
+    """Publish ``revisions`` distinct checkpoints of one shape as ``repo`` (default
+    bench/pythia-<size>), with ``tokenizer`` (default a toy one); returns the parameter
+    count."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from ckptlab.pico.build import train_tokenizer
@@ -54,7 +63,7 @@ def publish(hub: Path, size: str, revisions: int, dtype: torch.dtype) -> int:
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=inner,
-        vocab_size=50304 if size != "tiny" else 1024,
+        vocab_size=vocab_of(size),
         max_position_embeddings=2048,
         rotary_pct=0.25,
         use_parallel_residual=True,
@@ -62,11 +71,12 @@ def publish(hub: Path, size: str, revisions: int, dtype: torch.dtype) -> int:
     )
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(config).to(dtype)
-    tokenizer = train_tokenizer(["def f(x): return x + 1"] * 20)
+    tokenizer = tokenizer or train_tokenizer(["def f(x): return x + 1"] * 20)
+    repo = repo or f"bench/pythia-{size}"
     for k in range(revisions):  # initialising once is minutes faster at 1.4B; payloads differ
         with torch.no_grad():
             model.get_output_embeddings().weight[0, 0] = float(k)
-        publish_revision(hub, f"bench/pythia-{size}", f"step{k * 1000}", model, tokenizer, {})
+        publish_revision(hub, repo, f"step{k * 1000}", model, tokenizer, {})
     return sum(p.numel() for p in model.parameters())
 
 

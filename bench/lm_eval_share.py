@@ -28,12 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, table
-from gpu_sweep import SHAPES as SWEEP_SHAPES
+from gpu_sweep import publish as sweep_publish
+from gpu_sweep import vocab_of
 
-SHAPES = {  # hidden, layers, heads, intermediate (Pythia-160M's), and the model's vocabulary
-    "160m": ((768, 12, 12, 3072), 50304),
-    "tiny": (SWEEP_SHAPES["tiny"], 1024),
-}
 TASKS = ["pico_python_mc", "pico_python_cloze"]
 ANALYSES = ["saturation", "anisotropy", "singular_entropy", "linearity", "block_ablation"]
 
@@ -47,31 +44,10 @@ def pico_tokenizer():
 
 
 def publish(hub: Path, size: str, revisions: int, dtype: torch.dtype) -> int:
-    """Publish ``revisions`` distinct checkpoints of one shape; returns the parameter count."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    from ckptlab.pico.publish import publish_revision
-
-    (hidden, layers, heads, inner), vocab = SHAPES[size]
-    config = GPTNeoXConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inner,
-        vocab_size=vocab,
-        max_position_embeddings=2048,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
+    """gpu_sweep's random-weight revisions, as bench/lm-eval-<size>, with pico's tokenizer."""
+    return sweep_publish(
+        hub, size, revisions, dtype, repo=f"bench/lm-eval-{size}", tokenizer=pico_tokenizer()
     )
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(config).to(dtype)
-    tokenizer = pico_tokenizer()
-    for k in range(revisions):  # initialised once; the payloads differ in one weight
-        with torch.no_grad():
-            model.get_output_embeddings().weight[0, 0] = float(k)
-        publish_revision(hub, f"bench/lm-eval-{size}", f"step{k * 1000}", model, tokenizer, {})
-    return sum(p.numel() for p in model.parameters())
 
 
 def environment(root: Path, hub: Path) -> dict[str, str]:
@@ -264,7 +240,7 @@ def run(smoke: bool = False) -> str:
             title,
             provenance(command),
             f"{where} {revisions} random-weight GPT-NeoX revision(s) of the {size} shape "
-            f"({params / 1e6:,.1f}M parameters, vocab {SHAPES[size][1]:,}, the pico suite's "
+            f"({params / 1e6:,.1f}M parameters, vocab {vocab_of(size):,}, the pico suite's "
             f"512-entry tokenizer), one `ckptlab run` (1 worker, prefetch on, run "
             f"{summary['seconds']:.1f} s) with input set pydoc_topics heldout, "
             f"{shape[0]} x {shape[1]} tokens, analyses {', '.join(ANALYSES)} and lm_eval "
