@@ -905,8 +905,12 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
         )
         shown = order.head(TABLE_ROWS).select(metric_keys).rows()
         tasks = part.group_by(task_keys).agg(pl.col("rho").abs().max().alias("top"))
-        tasks = tasks.sort("top", *task_keys, descending=[True, False, False, False])
         icl_last = pl.col("capability_metric").str.starts_with("icl/")
+        # Benchmark accuracies (lm_eval) always get a column, a weak one too: "predicts
+        # nothing" is an answer. ICL accuracies fill the rest by their max |rho|.
+        tasks = tasks.sort(
+            icl_last, "top", *task_keys, descending=[False, True, False, False, False]
+        )
         columns = tasks.head(TABLE_COLUMNS).sort(icl_last, *task_keys, nulls_last=True)
         columns = columns.select(task_keys).rows()
         cell = {
@@ -1122,9 +1126,9 @@ def _correlation_html(report: Report, images: dict[str, str]) -> list[str]:
         " layer, and its mean over layers) against each task accuracy (a column: lm_eval acc"
         " and acc_norm, ICL accuracy averaged over task seeds), over the checkpoints where both"
         f" have a finite value (at least {MIN_STEPS}; a constant series has no ρ). Shown per"
-        f" model: the {TABLE_ROWS} metrics and {TABLE_COLUMNS} task accuracies with the largest"
-        f" max |ρ|, rows sorted by it; all {report.correlations.height} entries are in"
-        " <code>correlations.csv</code> next to"
+        f" model: the {TABLE_ROWS} metrics with the largest max |ρ|, rows sorted by it, and up"
+        f" to {TABLE_COLUMNS} task accuracies: every lm_eval one, then ICL by max |ρ|; all"
+        f" {report.correlations.height} entries are in <code>correlations.csv</code> next to"
         " this page. A metric that only trends with training correlates with every accuracy"
         " that also trends: a large |ρ| says the two move together over these checkpoints,"
         " not that one causes the other.</p>",

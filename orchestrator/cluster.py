@@ -154,7 +154,7 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
             "RAY_AUTH_TOKEN_PATH) to the cluster's token"
         ) from None
     except ConnectionError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _cause(err)
         # A cluster that refuses our token looks the same from here: say what to check.
         if os.environ.get("RAY_AUTH_MODE") == "token":
             hint = "; is RAY_AUTH_TOKEN the cluster's token?"
@@ -164,6 +164,17 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
             f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"
         ) from None
     return True
+
+
+def _cause(err: Exception) -> str:
+    """One line of a connection error. Ray Client's "Initialization failure from server:" is
+    followed by the server's whole traceback, whose last line is the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
 
 
 def describe(choice: ClusterChoice) -> str:

@@ -158,6 +158,11 @@ class LoopbackCluster:
             raise RuntimeError(done.stdout + done.stderr)
         return json.loads(done.stdout)
 
+    def logs(self, pattern: str, chars: int = 3000) -> str:
+        """The ends of the head node's Ray logs matching ``pattern``, for a failure message."""
+        logs = sorted((self.root / "head" / "session_latest" / "logs").glob(pattern))
+        return "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-chars:]}" for p in logs)
+
     def wait_for_nodes(self, n: int) -> None:
         deadline = time.monotonic() + 90
         while True:

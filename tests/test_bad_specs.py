@@ -213,6 +213,11 @@ KINDS = [
         "resources.cpus_per_worker: Input should be a finite number (got inf)",
     ),
     Kind("a 500 KB value", spec(name="x y" * 170_000), "name: String should match pattern"),
+    Kind(
+        "an unknown lm-eval task",
+        spec(analyses=[{"name": "lm_eval", "params": {"tasks": ["no_such_task"]}}]),
+        "analyses[0].params: unknown lm-eval task 'no_such_task'",
+    ),
     # --- models listed twice
     Kind(
         "the same model in two entries",

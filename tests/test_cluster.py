@@ -165,7 +165,8 @@ def test_run_attaches_through_ray_client(token_cluster, project, local_rows, tmp
         token_cluster.env,
         project,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    # The client server's own logs say why a connection failed.
+    assert done.returncode == 0, done.stdout + done.stderr + token_cluster.logs("ray_client*")
     assert f"Ray cluster {address} (from --address)" in done.stdout
     assert_same_rows(db, local_rows)
 

@@ -291,3 +291,27 @@ def test_the_report_has_the_table_the_csv_and_the_figures(db, tmp_path):
         assert p["y"] == pytest.approx([y[s] for s in p["steps"]], abs=1e-12)
     blocks = figures["linearity_cost__pico-xs"]["blocks"]
     assert [b["block"] for b in blocks] == [1, 2] and all(b["step"] == STEPS for b in blocks)
+
+
+def test_every_benchmark_accuracy_gets_a_column_then_icl_by_strength(db, monkeypatch):
+    """lm_eval accuracies are always in the heatmap, a weak one too; ICL fills the rest."""
+    store = ResultStore(db)
+    rows = select_rows(store, resolve_selection(store, "corr"))
+    table = correlation_table(rows).filter(pl.col("model") == MODEL)
+    # One benchmark accuracy made weak (rho / 10): weaker than every ICL one.
+    weak = (pl.col("task") == "pico_python_mc") & (pl.col("shots") == 5)
+    table = table.with_columns(pl.when(weak).then(pl.col("rho") / 10).otherwise("rho").alias("rho"))
+    strength = table.group_by("task", "capability_metric", "shots").agg(pl.col("rho").abs().max())
+    benchmark = strength.filter(~pl.col("capability_metric").str.starts_with("icl/"))
+    icl = strength.filter(pl.col("capability_metric").str.starts_with("icl/")).sort("rho")
+    assert benchmark.height == 3 and icl.height == 2  # mc acc/acc_norm 0-shot, acc 5-shot
+    assert benchmark["rho"].min() < icl["rho"].min()  # a cap by |rho| alone would drop it
+    for cap, icl_shown in ((3, []), (4, [icl.row(-1)[:3]])):
+        monkeypatch.setattr(report, "TABLE_COLUMNS", cap)
+        [heat] = [f.data for f in report.correlation_figures(table, rows) if f.data["kind"]
+                  == "correlation_heatmap"]  # fmt: skip
+        keys = [tuple(k) for k in heat["column_keys"]]
+        assert sorted(k for k in keys if not k[1].startswith("icl/")) == sorted(
+            benchmark.select("task", "capability_metric", "shots").rows()
+        )
+        assert [k for k in keys if k[1].startswith("icl/")] == icl_shown

@@ -202,6 +202,21 @@ def test_an_unreachable_cluster_fails_in_seconds(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_ray_client_init_failure_names_its_cause():
+    from ckptlab.orchestrator.cluster import _cause
+
+    server_said = ConnectionAbortedError(
+        "Initialization failure from server:\nTraceback (most recent call last):\n"
+        '  File "proxier.py", line 770, in Datapath\n    raise RuntimeError(\n'
+        "RuntimeError: Starting Ray client server failed.\n"
+    )
+    assert _cause(server_said) == (
+        "Initialization failure from server: RuntimeError: Starting Ray client server failed."
+    )
+    assert _cause(ConnectionError("GCS unreachable\nretried 5 times")) == "GCS unreachable"
+    assert _cause(ConnectionError()) == "ConnectionError"
+
+
 @pytest.mark.parametrize(
     ("pairs", "message"),
     [

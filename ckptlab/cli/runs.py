@@ -19,6 +19,7 @@ from ckptlab.cli.app import (
     JsonOption,
     Spec,
     SpecArg,
+    SpecError,
     TrackingOption,
     WaitForWorkersOption,
     app,
@@ -38,7 +39,13 @@ from ckptlab.cli.app import (
 @app.command()
 def validate(spec_path: SpecArg) -> None:
     """Check a spec without running anything (exit code 2 when it is invalid)."""
+    from ckptlab.orchestrator.plan import analysis_contexts
+
     spec, _ = load(spec_path)
+    try:  # what an analysis reads beyond its params: a task's data, an lm-eval task name
+        analysis_contexts(spec)
+    except SpecError as err:
+        raise fail(f"{spec_path}: {err}", 2) from None
     console.print(
         f"[green]ok[/green] {spec_path}: spec {spec.name!r}, hash {spec.spec_hash()[:12]}"
     )
