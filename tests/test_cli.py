@@ -77,6 +77,17 @@ def test_query_formats(cli_run, tmp_path, fmt):
         assert "cross_entropy" in result.output and "step" in result.output
 
 
+def test_a_piped_table_is_not_wrapped(cli_run):
+    """Piped (CliRunner is not a terminal), a wide table keeps one line per row."""
+    runner, _, db, *_ = cli_run
+    wide = "x" * 150
+    sql = f"SELECT step, '{wide}' AS long_text, value FROM results WHERE metric = 'cross_entropy'"
+    result = runner.invoke(app, ["query", sql, "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if wide in line]
+    assert len(rows) == 2  # wrapped to 80 columns, no line would hold the whole text
+
+
 def test_query_is_read_only(cli_run):
     runner, _, db, *_ = cli_run
     before = ResultStore(db).query("SELECT count(*) FROM metrics").item()

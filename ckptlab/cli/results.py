@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from ckptlab.cli.app import DbOption, app, console, db_of, fail, hub_cache_dir, redacted
@@ -56,7 +58,11 @@ def query(
             table.add_column(column)
         for row in frame.iter_rows():
             table.add_row(*("NULL" if v is None else str(v) for v in row))
-        console.print(table)
+        if console.is_terminal:
+            console.print(table)
+        else:  # a pipe or a file: the table at its own width, not wrapped to rich's 80 columns
+            natural = Measurement.get(console, console.options.update(max_width=100_000), table)
+            Console(width=max(80, natural.maximum)).print(table)
         return
     if output:
         output.write_text(text)
