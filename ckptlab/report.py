@@ -886,7 +886,8 @@ def _step_colorbar(fig, image, axes) -> None:
 def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]:
     """Per model: a heatmap of rho (the TABLE_ROWS metrics with the largest max |rho| x every
     task accuracy; the HTML table is its data) and scatter plots of the SCATTER_PAIRS
-    strongest pairs, at most one per (metric, task accuracy) whatever the layer."""
+    strongest pairs, at most one per (metric, task accuracy) whatever the layer, and none
+    whose metric ranks the checkpoints as a drawn one does against the same accuracy."""
     figures: list[Figure] = []
     if table.height == 0:
         return figures
@@ -965,7 +966,7 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
         name = f"correlation__{_slug(label)}"
         figures.append(Figure(name, title, CORRELATION_SECTION, heat, draw_heat, (width, height)))
 
-        picked, seen = [], set()
+        picked, seen, drawn = [], set(), set()
         for r in part.iter_rows(named=True):  # sorted by |rho|: strongest first
             family = (r["metric"], r["input_set"], r["task"], r["capability_metric"], r["shots"])
             if family in seen:
@@ -981,6 +982,15 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
                 & pl.all_horizontal(pl.col(k).eq_missing(r[k]) for k in task_keys)
             )
             points = x.join(y, on="step", suffix="_y").sort("step")
+            # A metric that is a monotone map of one already drawn against this accuracy
+            # (effective rank = exp(spectral entropy), ...) has the same ranks, the same or the
+            # mirrored order: the same panel again.
+            ranks = tuple(points["value"].rank("average").to_list())
+            mirrored = tuple(len(ranks) + 1 - v for v in ranks)
+            against = (r["task"], r["capability_metric"], r["shots"], tuple(points["step"]))
+            if {(against, ranks), (against, mirrored)} & drawn:
+                continue
+            drawn.add((against, ranks))
             task = (r["task"], r["capability_metric"])
             picked.append(
                 {

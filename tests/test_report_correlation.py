@@ -283,6 +283,14 @@ def test_the_report_has_the_table_the_csv_and_the_figures(db, tmp_path):
     assert len(panels) == 4 and panels[0]["rho"] == top["rho"]
     families = [(p["metric"], p["task"], p["capability_metric"], p["shots"]) for p in panels]
     assert len(set(families)) == 4
+    # No panel repeats another: against the same accuracy, no two metrics rank the
+    # checkpoints alike (or in mirror), as a monotone map of a drawn metric would.
+    orders = defaultdict(set)
+    for p in panels:
+        ranks = stats.rankdata(p["x"])
+        against = (p["task"], p["capability_metric"], p["shots"], tuple(p["steps"]))
+        assert not {tuple(ranks), tuple(len(ranks) + 1 - ranks)} & orders[against], p
+        orders[against].add(tuple(ranks))
     for p in panels:
         x = metric[(MODEL, p["metric"], p["layer"], p["input_set"])]
         y = accuracy[(MODEL, p["task"], p["capability_metric"], p["shots"])]
@@ -315,3 +323,23 @@ def test_every_benchmark_accuracy_gets_a_column_then_icl_by_strength(db, monkeyp
             benchmark.select("task", "capability_metric", "shots").rows()
         )
         assert [k for k in keys if k[1].startswith("icl/")] == icl_shown
+
+
+def test_a_monotone_copy_of_a_drawn_metric_gets_no_panel(db):
+    """exp() of the strongest pair's metric has the same |rho| against every accuracy: a
+    cap by strength alone would draw it next to its original."""
+    store = ResultStore(db)
+    rows = select_rows(store, resolve_selection(store, "corr"))
+    top = correlation_table(rows).row(0, named=True)
+    analysis, metric = top["metric"].split("/", 1)
+    original = rows.filter((pl.col("analysis") == analysis) & (pl.col("metric") == metric))
+    copy = original.with_columns(pl.lit(f"{metric}_exp").alias("metric"), pl.col("value").exp())
+    rows = pl.concat([rows, copy])
+    table = correlation_table(rows)
+    twin = table.filter(pl.col("metric") == f"{top['metric']}_exp")
+    assert twin.height > 0 and abs(twin["rho"].abs().max() - abs(top["rho"])) < 1e-12
+    [scatter] = [f.data for f in report.correlation_figures(table, rows) if f.data["kind"]
+                 == "correlation_scatter"]  # fmt: skip
+    drawn = [p["metric"] for p in scatter["panels"]]
+    assert drawn[0] in (top["metric"], f"{top['metric']}_exp") and len(drawn) == 4
+    assert not {top["metric"], f"{top['metric']}_exp"} <= set(drawn)
