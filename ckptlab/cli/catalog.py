@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -184,6 +185,7 @@ def pico_build(
     if max_step < 1:
         raise fail(f"--max-step: at least 1, got {max_step}", 2)
     hub = hub_cache_dir()
+    started = time.perf_counter()
     with Progress(console=console) as progress:
         bars: dict[str, int] = {}
 
@@ -191,6 +193,10 @@ def pico_build(
             if repo not in bars:
                 bars[repo] = progress.add_task(f"training {repo}", total=total)
             progress.update(bars[repo], completed=step)
+            # No live bar in a log file or CI: a line per quarter, so minutes are not silent.
+            if not console.is_terminal and step % max(1, total // 4) == 0:
+                elapsed = time.perf_counter() - started
+                console.print(f"training {repo}: step {step}/{total} ({elapsed:.0f}s)")
 
         reports = build_pico(
             hub, size_list, seed_list, PicoRecipe(max_step=max_step), force, on_step
