@@ -160,6 +160,8 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
             hint = "; is RAY_AUTH_TOKEN the cluster's token?"
         else:
             hint = "; a cluster with token auth needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
+        if first.startswith("Initialization failure from server"):  # Ray Client's own server
+            hint += " The head node's ray_client_server*.err logs say more."
         raise ClusterError(
             f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"
         ) from None
