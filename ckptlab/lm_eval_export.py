@@ -76,12 +76,8 @@ HARNESS_MODEL = "hf"  # lm-eval 0.4's name for its transformers model class (HFL
 
 
 class ExportError(ValueError):
-    """Nothing to export, or a bad selection; one line. ``exit_code``: 1 nothing there
-    (no database, no lm_eval rows), 2 bad input (unknown run, spec or model)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+    """Nothing to export, or a selection that names nothing; one line, exit code 1 (as
+    ``ckptlab report`` and ``jobs`` for an unknown run or job)."""
 
 
 @dataclass
@@ -136,7 +132,7 @@ def _folders(models: list[str]) -> dict[str, str]:
 
 def _selection_sql(store: ResultStore, spec_name: str | None, run_id: str | None):
     """The SQL filter and its parameters for a spec's or a run's cells (as ``ckptlab report``
-    selects them), or none; ExportError(2) for an unknown or ambiguous run or spec."""
+    selects them), or none; ExportError for an unknown or ambiguous run or spec."""
     if spec_name is None and run_id is None:
         return "", [], "the database"
     from ckptlab.report import ReportError, resolve_selection
@@ -144,7 +140,7 @@ def _selection_sql(store: ResultStore, spec_name: str | None, run_id: str | None
     try:
         selection = resolve_selection(store, spec_name, run_id)
     except ReportError as err:
-        raise ExportError(str(err), 2) from None
+        raise ExportError(str(err)) from None
     # A spec's cells: those its runs planned (run_cells), also when another spec's run
     # computed them first; a run's: its spec's cells as they were when it finished.
     runs = "SELECT run_id FROM runs WHERE spec_name = ?"
@@ -168,7 +164,7 @@ def load_rows(
     import duckdb
 
     if not store.path.exists():
-        raise ExportError(f"no results database at {store.path}", 1)
+        raise ExportError(f"no results database at {store.path}")
     where, params, selected = _selection_sql(store, spec_name, run_id)
     sql = (
         "SELECT r.model, r.revision, r.step, r.commit_sha, r.suite, r.size, r.seed,"
@@ -183,12 +179,11 @@ def load_rows(
         rows = store.query(sql, [ANALYSIS, *params])
     except duckdb.Error as err:
         first = str(err).strip().splitlines()
-        raise ExportError(f"{store.path}: {first[0] if first else type(err).__name__}", 1) from None
+        raise ExportError(f"{store.path}: {first[0] if first else type(err).__name__}") from None
     if rows.height == 0:
         raise ExportError(
             f"no {ANALYSIS} results in {selected} ({store.path}): run a spec with the "
-            f"{ANALYSIS} analysis first",
-            1,
+            f"{ANALYSIS} analysis first"
         )
     return rows, selected
 
@@ -380,8 +375,7 @@ def export_lm_eval(
         if missing:
             raise ExportError(
                 f"no {ANALYSIS} results for model {', '.join(map(repr, missing))} in "
-                f"{selected} (models: {', '.join(known)})",
-                2,
+                f"{selected} (models: {', '.join(known)})"
             )
         rows = rows.filter(pl.col("model").is_in(sorted(wanted)))
     folders = _folders(sorted(set(rows["model"])))

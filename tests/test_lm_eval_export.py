@@ -289,10 +289,10 @@ def _one_line_error(result, code: int, *words: str) -> None:
 
 def test_one_line_errors(db, tmp_path):
     out = tmp_path / "never"
-    _one_line_error(_export(db, out, "--run", "nosuchrun"), 2, "no run 'nosuchrun'")
-    _one_line_error(_export(db, out, "--run", "run-"), 2, "ambiguous")
-    _one_line_error(_export(db, out, "--spec", "nosuch"), 2, "no run of spec 'nosuch'")
-    _one_line_error(_export(db, out, "--model", "pythia-6.9b"), 2, "pythia-6.9b", "pythia-160m")
+    _one_line_error(_export(db, out, "--run", "nosuchrun"), 1, "no run 'nosuchrun'")
+    _one_line_error(_export(db, out, "--run", "run-"), 1, "ambiguous")
+    _one_line_error(_export(db, out, "--spec", "nosuch"), 1, "no run of spec 'nosuch'")
+    _one_line_error(_export(db, out, "--model", "pythia-6.9b"), 1, "pythia-6.9b", "pythia-160m")
     _one_line_error(_export(db, out, "--spec", "evals", "--run", "run-a"), 2, "not both")
     _one_line_error(_export(tmp_path / "none.duckdb", out), 1, "no results database")
     blocker = tmp_path / "a-file"

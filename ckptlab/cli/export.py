@@ -42,7 +42,7 @@ def lm_eval(
     try:
         exported = export_lm_eval(db_of(None, db or spec_db), out, spec_name, run_id, model)
     except ExportError as err:
-        raise fail(str(err), err.exit_code) from None
+        raise fail(str(err), 1) from None
     except ResultsBusy as err:
         raise fail(str(err), 1) from None
     except OSError as err:  # --out not writable, or a file where a folder goes
