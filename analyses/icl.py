@@ -14,6 +14,7 @@ from ckptlab.analyses.icl_tasks.baseline import bow_predict
 from ckptlab.analyses.icl_tasks.scoring import score_candidates
 from ckptlab.analyses.icl_tasks.tasks import (
     TaskDataError,
+    TaskDataNotCached,
     TaskInstance,
     TaskSpec,
     build_instance,
@@ -21,7 +22,7 @@ from ckptlab.analyses.icl_tasks.tasks import (
     make_prompts,
 )
 from ckptlab.analyses.registry import MetricValue, Need, analysis
-from ckptlab.home import hub_cache_dir
+from ckptlab.home import NotCached, hub_cache_dir
 
 
 class IclParams(BaseModel):
@@ -55,6 +56,8 @@ def task_fingerprints(params: IclParams) -> dict:
     for task in params.tasks:
         try:
             fingerprints[task.label] = load_task_data(task, hub_cache_dir()).fingerprint()
+        except TaskDataNotCached as err:
+            raise NotCached(f"task {task.label!r}: {err}") from None
         except TaskDataError as err:
             raise ValueError(f"task {task.label!r}: {err}") from None
     return {"task_data": fingerprints}

@@ -78,15 +78,32 @@ def task_manager(include_defaults: bool):
     return TaskManager(include_path=str(SHIPPED_TASKS), include_defaults=include_defaults)
 
 
+def _read_task_yaml(file: Path, **options) -> dict:
+    """lm-eval's YAML loader (it knows ``!function``); a file it cannot read is a one-line
+    ValueError naming the file, as a bad spec."""
+    import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        config = load_yaml(file, **options)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"task file {file}: not valid YAML{where}") from None
+    except OSError as err:
+        raise ValueError(f"task file {file}: {err.strerror or err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"task file {file}: expected a mapping of task fields")
+    return config
+
+
 def local_tasks(params: LmEvalParams) -> dict[str, Path]:
     """Task name -> YAML of the tasks ckptlab ships and of the spec's ``task_files`` (which
     win over a shipped task of the same name: they are named explicitly)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     shipped = task_manager(False).task_index
     found = {name: Path(e.yaml_path) for name, e in shipped.items() if e.yaml_path}
     for file in params.task_files:
-        name = load_yaml(file, resolve_func=False, recursive=False).get("task")
+        name = _read_task_yaml(file, resolve_func=False, recursive=False).get("task")
         if not isinstance(name, str):
             raise ValueError(f"task_files: {file} has no task name (a 'task:' field)")
         found[name] = file.resolve()
@@ -119,8 +136,6 @@ def task_configs(params: LmEvalParams, *, resolve_functions: bool) -> list[str |
     """What lm-eval is asked to load: a task's name, or, for a task with local data files, its
     YAML config read here with the data files made absolute (lm-eval would read them
     relative to the process' cwd, which differs between a laptop and a Ray worker)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     local = local_tasks(params)
     known = _manager_for(params).task_index
     loaded: list[str | dict] = []
@@ -130,7 +145,7 @@ def task_configs(params: LmEvalParams, *, resolve_functions: bool) -> list[str |
                 raise ValueError(f"unknown lm-eval task {name!r}")
             loaded.append(name)  # one of lm-eval's: it reads its own data (hub access)
             continue
-        config = load_yaml(local[name], resolve_func=resolve_functions)
+        config = _read_task_yaml(local[name], resolve_func=resolve_functions)
         files = _data_files(config, local[name].parent)
         if files is None:
             loaded.append(config)
@@ -193,11 +208,9 @@ def task_identity(params: LmEvalParams) -> dict:
 def data_files(params: LmEvalParams) -> list[Path]:
     """The local data files of the spec's ``task_files`` (what ``ckptlab submit`` carries
     next to them; the shipped tasks are installed with ckptlab)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     found = []
     for file in params.task_files:
-        config = load_yaml(file, resolve_func=False)
+        config = _read_task_yaml(file, resolve_func=False)
         for path in (_data_files(config, file.parent) or {}).values():
             absolute = Path(path)
             try:  # as the spec would name it: relative to the run's directory when inside it

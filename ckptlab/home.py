@@ -9,8 +9,28 @@ Everything defaults under ``$CKPTLAB_HOME`` (default ``~/.cache/ckptlab``):
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+
+class NotCached(ValueError):
+    """Data a spec names on the hub that is not in the local cache while downloads are off."""
+
+
+@contextlib.contextmanager
+def hub_downloads_off() -> Iterator[None]:
+    """huggingface_hub offline for the duration (it reads HF_HUB_OFFLINE per call, from its
+    constants): what is cached is read, nothing is downloaded or looked up online."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def ckptlab_home() -> Path:

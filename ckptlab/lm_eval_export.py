@@ -27,7 +27,8 @@ Each file has Pythia's top-level keys (those files come from the 2022 harness):
 - ``results``: ``{task: {"acc": .., "acc_stderr": .., "acc_norm": .., ...}}``, metric names as
   stored: lm-eval's without its ``,none`` filter suffix (which is how Pythia's files spell
   them too; another filter stays as ``metric/filter``, ``metric_stderr/filter``); each metric
-  followed by its ``_stderr`` where it has one. NaN/inf are ``null`` (strict JSON);
+  followed by its ``_stderr`` where it has one (perplexity only with a bootstrap). NaN/inf
+  are ``null`` (strict JSON);
 - ``versions``: ``{task: task version}`` from the cell's lm-eval context (null if unknown);
 - ``config``: Pythia's keys that still mean something (``model``, ``model_args``,
   ``num_fewshot``, ``batch_size``, ``device``, ``limit``, ``bootstrap_iters``), plus lm-eval

@@ -907,8 +907,8 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
         shown = order.head(TABLE_ROWS).select(metric_keys).rows()
         tasks = part.group_by(task_keys).agg(pl.col("rho").abs().max().alias("top"))
         icl_last = pl.col("capability_metric").str.starts_with("icl/")
-        # Benchmark accuracies (lm_eval) always get a column, a weak one too: "predicts
-        # nothing" is an answer. ICL accuracies fill the rest by their max |rho|.
+        # Benchmark accuracies (lm_eval) come first, a weak one too: "predicts nothing" is an
+        # answer. Then ICL accuracies, each group by max |rho|, up to TABLE_COLUMNS.
         tasks = tasks.sort(
             icl_last, "top", *task_keys, descending=[False, True, False, False, False]
         )
@@ -936,7 +936,7 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
         title = f"Spearman ρ across checkpoints: {label}"
         if order.height > len(shown) or tasks.height > len(columns):
             title += f" (top {len(shown)} of {order.height} metrics"
-            title += f", {len(columns)} of {tasks.height} task accuracies, by max |ρ|)"
+            title += f", {len(columns)} of {tasks.height} task accuracies, lm_eval first)"
 
         def draw_heat(fig, d=heat, title=title) -> None:
             import numpy as np
@@ -971,7 +971,6 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
             family = (r["metric"], r["input_set"], r["task"], r["capability_metric"], r["shots"])
             if family in seen:
                 continue
-            seen.add(family)
             x = metrics.filter(
                 (pl.col("model") == model)
                 & pl.all_horizontal(pl.col(k).eq_missing(r[k]) for k in ["metric", "layer"])
@@ -989,7 +988,8 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
             mirrored = tuple(len(ranks) + 1 - v for v in ranks)
             against = (r["task"], r["capability_metric"], r["shots"], tuple(points["step"]))
             if {(against, ranks), (against, mirrored)} & drawn:
-                continue
+                continue  # another layer of this metric may still be a panel of its own
+            seen.add(family)
             drawn.add((against, ranks))
             task = (r["task"], r["capability_metric"])
             picked.append(
@@ -1137,7 +1137,7 @@ def _correlation_html(report: Report, images: dict[str, str]) -> list[str]:
         " and acc_norm, ICL accuracy averaged over task seeds), over the checkpoints where both"
         f" have a finite value (at least {MIN_STEPS}; a constant series has no ρ). Shown per"
         f" model: the {TABLE_ROWS} metrics with the largest max |ρ|, rows sorted by it, and up"
-        f" to {TABLE_COLUMNS} task accuracies: every lm_eval one, then ICL by max |ρ|; all"
+        f" to {TABLE_COLUMNS} task accuracies: lm_eval first, then ICL, each by max |ρ|; all"
         f" {report.correlations.height} entries are in <code>correlations.csv</code> next to"
         " this page. A metric that only trends with training correlates with every accuracy"
         " that also trends: a large |ρ| says the two move together over these checkpoints,"

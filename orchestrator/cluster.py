@@ -161,7 +161,7 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
         else:
             hint = "; a cluster with token auth needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
         if first.startswith("Initialization failure from server"):  # Ray Client's own server
-            hint += " The head node's ray_client_server*.err logs say more."
+            hint += ". The head node's ray_client_server*.err logs say more"
         raise ClusterError(
             f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"
         ) from None

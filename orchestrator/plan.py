@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptlab.analyses.plugins import PluginCode, loaded_code
 from ckptlab.analyses.registry import AnalysisDef, get_analysis
 from ckptlab.catalog import SUITES, Checkpoint, Suite, stage_rank
+from ckptlab.home import NotCached
 from ckptlab.hub import (
     CheckpointError,
     _not_cached,
@@ -395,9 +397,13 @@ def pick_references(
     return chosen, errors
 
 
-def analysis_contexts(spec: Spec) -> dict[str, dict]:
+def analysis_contexts(
+    spec: Spec, not_cached: Callable[[str], None] | None = None
+) -> dict[str, dict]:
     """Entry key -> what each analysis reads beyond its params (data fingerprints), computed
-    once on the driver; unusable data is a spec error naming the entry."""
+    once on the driver; unusable data is a spec error naming the entry. With ``not_cached``,
+    hub data missing from the cache while downloads are off (``ckptlab validate``) is told
+    to it, one line, and that entry is skipped."""
     contexts = {}
     for i, entry in enumerate(spec.analyses):
         definition = get_analysis(entry.name)
@@ -406,6 +412,10 @@ def analysis_contexts(spec: Spec) -> dict[str, dict]:
         params = definition.params_model.model_validate(entry.params)
         try:
             contexts[entry.key] = {"context": definition.context(params)}
+        except NotCached as err:
+            if not_cached is None:
+                raise SpecError(f"analyses[{i}].params", str(err)) from None
+            not_cached(f"analyses[{i}].params: {err}")
         except ValueError as err:
             raise SpecError(f"analyses[{i}].params", str(err)) from None
     return contexts

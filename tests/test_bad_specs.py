@@ -32,6 +32,8 @@ from conftest import PICO_MAX_STEP, PICO_SIZES
 
 SPECS = sorted((Path(__file__).parent.parent / "specs").glob("*.yaml"))
 
+BROKEN_TASK = str(Path(__file__).parent / "data" / "lm_eval_task_not_yaml.yaml")
+
 # The smallest spec that validates; each kind below breaks one thing of it.
 BASE = {
     "name": "bad",
@@ -217,6 +219,15 @@ KINDS = [
         "an unknown lm-eval task",
         spec(analyses=[{"name": "lm_eval", "params": {"tasks": ["no_such_task"]}}]),
         "analyses[0].params: unknown lm-eval task 'no_such_task'",
+    ),
+    Kind(
+        "an lm-eval task file that is not YAML",
+        spec(
+            analyses=[
+                {"name": "lm_eval", "params": {"tasks": ["broken"], "task_files": [BROKEN_TASK]}}
+            ]
+        ),
+        f"analyses[0].params: task file {BROKEN_TASK}: not valid YAML (line 3)",
     ),
     # --- models listed twice
     Kind(
@@ -681,3 +692,21 @@ def test_fuzz_cli_exits_2_without_traceback(tmp_path, monkeypatch, reliability):
         )
     assert bad == []
     assert seen["exit 2"] == seen["examples"] >= 30
+
+
+def test_validate_never_downloads_hub_task_data(tmp_path, monkeypatch):
+    """ICL task data on the hub, not cached: validate says it did not check it (one note) and
+    exits 0, with the hub client offline (no request, no retries) and nothing written."""
+    task = {"data": {"hub": "someone/sometask", "filename": "data.jsonl"}, "name": "hubtask"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec(analyses=[{"name": "icl", "params": {"tasks": [task]}}]))
+    home = tmp_path / "home"
+    monkeypatch.setenv("CKPTLAB_HOME", str(home))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [
+        "note: not checked, analyses[0].params: task 'hubtask': dataset someone/sometask/"
+        f"data.jsonl: not in the local hub cache ({home / 'hub'}) and the hub is offline or "
+        "unreachable"
+    ]
+    assert "ok" in result.stdout and not home.exists()

@@ -358,16 +358,18 @@ def test_pico_build_refuses_bad_options_in_one_line(args, message):
     assert result.output.strip().splitlines() == [f"error: {message}"]
 
 
-def test_pico_build_in_a_log_says_where_it_is(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("max_step", "quarters"), [(8, (2, 4, 6, 8)), (7, (2, 4, 6, 7))])
+def test_pico_build_in_a_log_says_where_it_is(tmp_path, monkeypatch, max_step, quarters):
     """Not on a terminal (a log file, CI) there is no live bar: a line per quarter of the
     steps, then the size's summary."""
     monkeypatch.setenv("CKPTLAB_HOME", str(tmp_path / "home"))
-    result = CliRunner().invoke(app, ["pico", "build", "--sizes", "xs", "--max-step", "8"])
+    args = ["pico", "build", "--sizes", "xs", "--max-step", str(max_step)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = [
         line for line in result.output.splitlines() if line.startswith("training pico/pico-xs:")
     ]
     assert [line.split(" (")[0] for line in lines] == [
-        f"training pico/pico-xs: step {step}/8" for step in (2, 4, 6, 8)
+        f"training pico/pico-xs: step {step}/{max_step}" for step in quarters
     ]
     assert "pico/pico-xs: " in result.output and "train loss" in result.output

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ckptlab.analyses.icl_tasks import builtin_data as B
+from ckptlab.home import NotCached
 
 DEFAULT_TEMPLATE = "{input} {label}\n"
 TEST_FRACTION_BYTE = 86  # sha1(input)[0] < 86: ~1/3 of the inputs are test inputs
@@ -50,6 +51,10 @@ MEMO_KINDS = {"memo_keyword": "keyword", "memo_synonym": "synonym", "memo_antony
 
 class TaskDataError(ValueError):
     """Task data that cannot be used as asked (a one-line reason)."""
+
+
+class TaskDataNotCached(TaskDataError, NotCached):
+    """Hub task data that is neither cached nor downloadable now (the hub offline or away)."""
 
 
 # ----------------------------------------------------------------------------- spec
@@ -187,6 +192,7 @@ def load_task_data(spec: TaskSpec, hub_dir: Path | None = None) -> TaskData:
             data.file.stem, _jsonl_examples(data.file, data.input_field, data.label_field)
         )
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         path = hf_hub_download(
@@ -196,6 +202,11 @@ def load_task_data(spec: TaskSpec, hub_dir: Path | None = None) -> TaskData:
             revision=data.revision,
             cache_dir=hub_dir,
         )
+    except LocalEntryNotFoundError:
+        raise TaskDataNotCached(
+            f"dataset {data.hub}/{data.filename}: not in the local hub cache ({hub_dir}) and "
+            "the hub is offline or unreachable"
+        ) from None
     except Exception as err:
         raise TaskDataError(f"dataset {data.hub}/{data.filename}: {type(err).__name__}") from None
     return TaskData(data.hub, _jsonl_examples(Path(path), data.input_field, data.label_field))

@@ -185,17 +185,18 @@ def pico_build(
     if max_step < 1:
         raise fail(f"--max-step: at least 1, got {max_step}", 2)
     hub = hub_cache_dir()
-    started = time.perf_counter()
+    started: dict[str, float] = {}  # per size, from its first step
     with Progress(console=console) as progress:
         bars: dict[str, int] = {}
 
         def on_step(repo: str, step: int, total: int) -> None:
             if repo not in bars:
                 bars[repo] = progress.add_task(f"training {repo}", total=total)
+                started[repo] = time.perf_counter()
             progress.update(bars[repo], completed=step)
             # No live bar in a log file or CI: a line per quarter, so minutes are not silent.
-            if not console.is_terminal and step % max(1, total // 4) == 0:
-                elapsed = time.perf_counter() - started
+            if not console.is_terminal and step * 4 // total != (step - 1) * 4 // total:
+                elapsed = time.perf_counter() - started[repo]
                 console.print(f"training {repo}: step {step}/{total} ({elapsed:.0f}s)")
 
         reports = build_pico(

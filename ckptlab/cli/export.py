@@ -41,9 +41,7 @@ def lm_eval(
     spec_name, spec_db = _spec_name(spec) if spec is not None else (None, None)
     try:
         exported = export_lm_eval(db_of(None, db or spec_db), out, spec_name, run_id, model)
-    except ExportError as err:
-        raise fail(str(err), 1) from None
-    except ResultsBusy as err:
+    except (ExportError, ResultsBusy) as err:
         raise fail(str(err), 1) from None
     except OSError as err:  # --out not writable, or a file where a folder goes
         raise fail(f"{err.filename or out}: {err.strerror or err}", 1) from None

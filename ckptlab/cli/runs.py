@@ -26,6 +26,7 @@ from ckptlab.cli.app import (
     console,
     db_of,
     emit_json,
+    err_console,
     fail,
     hub_cache_dir,
     human,
@@ -39,13 +40,20 @@ from ckptlab.cli.app import (
 @app.command()
 def validate(spec_path: SpecArg) -> None:
     """Check a spec without running anything (exit code 2 when it is invalid)."""
+    from ckptlab.home import hub_downloads_off
     from ckptlab.orchestrator.plan import analysis_contexts
 
     spec, _ = load(spec_path)
-    try:  # what an analysis reads beyond its params: a task's data, an lm-eval task name
-        analysis_contexts(spec)
+    unchecked: list[str] = []
+    # What an analysis reads beyond its params (a task's data, an lm-eval task name), from
+    # what is here: validate never downloads, so hub data not cached yet is a note.
+    try:
+        with hub_downloads_off():
+            analysis_contexts(spec, not_cached=unchecked.append)
     except SpecError as err:
         raise fail(f"{spec_path}: {err}", 2) from None
+    for line in unchecked:
+        err_console.print(f"note: not checked, {line}", highlight=False, soft_wrap=True)
     console.print(
         f"[green]ok[/green] {spec_path}: spec {spec.name!r}, hash {spec.spec_hash()[:12]}"
     )
