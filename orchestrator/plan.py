@@ -412,11 +412,10 @@ def analysis_contexts(
         params = definition.params_model.model_validate(entry.params)
         try:
             contexts[entry.key] = {"context": definition.context(params)}
-        except NotCached as err:
-            if not_cached is None:
-                raise SpecError(f"analyses[{i}].params", str(err)) from None
-            not_cached(f"analyses[{i}].params: {err}")
         except ValueError as err:
+            if isinstance(err, NotCached) and not_cached is not None:
+                not_cached(f"analyses[{i}].params: {err}")
+                continue
             raise SpecError(f"analyses[{i}].params", str(err)) from None
     return contexts
 
