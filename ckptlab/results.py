@@ -26,6 +26,7 @@ import duckdb
 import polars as pl
 import tenacity
 
+from ckptlab.interrupts import sigint_after_block
 from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow, UnitRow
 
 SCHEMA = """
@@ -221,18 +222,21 @@ class ResultStore:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One short write transaction; the file is unlocked again when it ends."""
+        """One short write transaction; the file is unlocked again when it ends. A Ctrl-C
+        once the file is open waits for the transaction to end (DuckDB would abort the query
+        and raise a RuntimeError instead); one while waiting for the lock stops at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect(read_only=False)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+        with sigint_after_block():
+            try:
+                con.execute("BEGIN TRANSACTION")
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -45,6 +45,12 @@ def query(
         raise fail(str(err), 1) from None
     except duckdb.Error as err:
         raise fail(str(err).splitlines()[0], 1) from None
+    except (KeyboardInterrupt, RuntimeError) as err:
+        # Ctrl-C while DuckDB runs the query reaches us as its RuntimeError, not a
+        # KeyboardInterrupt (see ckptlab.interrupts).
+        if isinstance(err, RuntimeError) and str(err) != "Query interrupted":
+            raise
+        raise fail("interrupted", 130) from None
     if format == Format.parquet:
         frame.write_parquet(output)
         return
