@@ -34,3 +34,10 @@ def sigint_after_block() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
+
+
+def is_ctrl_c(err: BaseException) -> bool:
+    """A KeyboardInterrupt, or the error DuckDB raises for a SIGINT during a query."""
+    return isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, RuntimeError) and str(err) == "Query interrupted"
+    )

@@ -34,6 +34,7 @@ def query(
     """Answer SQL from the results (a read-only connection; works while a run is writing)."""
     import duckdb
 
+    from ckptlab.interrupts import is_ctrl_c
     from ckptlab.results import QueryRefused, ResultsBusy, ResultStore
 
     if format == Format.parquet and output is None:  # a usage error: before any query
@@ -46,9 +47,7 @@ def query(
     except duckdb.Error as err:
         raise fail(str(err).splitlines()[0], 1) from None
     except (KeyboardInterrupt, RuntimeError) as err:
-        # Ctrl-C while DuckDB runs the query reaches us as its RuntimeError, not a
-        # KeyboardInterrupt (see ckptlab.interrupts).
-        if isinstance(err, RuntimeError) and str(err) != "Query interrupted":
+        if not is_ctrl_c(err):  # Ctrl-C during a query is DuckDB's RuntimeError
             raise
         raise fail("interrupted", 130) from None
     if format == Format.parquet:

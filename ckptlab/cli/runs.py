@@ -309,14 +309,9 @@ def _run_spec(
                 f"planned with {expect_version} (same release, other code?)",
                 highlight=False,
             )
-    from ckptlab.orchestrator.cluster import AddressError, ClusterError
-    from ckptlab.orchestrator.executors import (
-        InlineExecutor,
-        RayExecutor,
-        ResourceError,
-    )
-    from ckptlab.orchestrator.runner import RunSummary, run_plan
-    from ckptlab.results import ResultsBusy
+    from ckptlab.interrupts import is_ctrl_c
+    from ckptlab.orchestrator.cluster import AddressError
+    from ckptlab.orchestrator.executors import InlineExecutor, RayExecutor
 
     try:  # a bad --address or RAY_ADDRESS fails before any planning
         executor = (
@@ -326,6 +321,23 @@ def _run_spec(
         )
     except AddressError as err:
         raise fail(str(err), 2) from None
+    try:
+        return _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, out)
+    except (KeyboardInterrupt, RuntimeError) as err:
+        if not is_ctrl_c(err):  # Ctrl-C during a DuckDB query is DuckDB's RuntimeError
+            raise
+        raise fail(
+            "interrupted: every finished checkpoint is stored; run again to resume", 130
+        ) from None
+
+
+def _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, out):
+    """The plan against what the DB holds, then the run of what is missing."""
+    from ckptlab.orchestrator.cluster import ClusterError
+    from ckptlab.orchestrator.executors import ResourceError
+    from ckptlab.orchestrator.runner import RunSummary, run_plan
+    from ckptlab.results import ResultsBusy
+
     the_plan = plan_of(spec, spec_path, db_path)
     if retry_failed:
         try:
@@ -348,10 +360,6 @@ def _run_spec(
         return run_plan(the_plan, text, db_path, uri, hub_cache_dir(), executor, out)
     except (ResourceError, ClusterError, ResultsBusy) as err:
         raise fail(str(err), 1) from None
-    except KeyboardInterrupt:
-        raise fail(
-            "interrupted: every finished checkpoint is stored; run again to resume", 130
-        ) from None
 
 
 def run_summary(spec: Spec, summary, db_path, tracking_uri: str) -> dict:
