@@ -19,14 +19,14 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import tenacity
 
-from ckptlab.interrupts import sigint_after_block
+from ckptlab.interrupts import is_ctrl_c, sigint_after_block
 from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow, UnitRow
 
 SCHEMA = """
@@ -227,25 +227,37 @@ class ResultStore:
         and raise a RuntimeError instead); one while waiting for the lock stops at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect(read_only=False)
-        with sigint_after_block():
-            try:
-                con.execute("BEGIN TRANSACTION")
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.close()
+        try:
+            with sigint_after_block():
+                try:
+                    con.execute("BEGIN TRANSACTION")
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException as err:
+                    # A failed rollback (none active after an aborted COMMIT) must not hide
+                    # why: closing the connection discards the transaction anyway.
+                    with suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    if is_ctrl_c(err):  # a second Ctrl-C aborted DuckDB's query
+                        raise KeyboardInterrupt from None
+                    raise
+        finally:
+            con.close()
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection that cannot touch files outside the database either."""
+        """A read-only connection that cannot touch files outside the database either. A
+        Ctrl-C during a query is a KeyboardInterrupt here, not DuckDB's RuntimeError (which a
+        caller's ``except Exception`` would take for a failed read)."""
         if not self.path.exists():
             raise FileNotFoundError(f"no results database at {self.path}")
         con = self._connect(read_only=True)
         try:
             yield con
+        except RuntimeError as err:
+            if is_ctrl_c(err):
+                raise KeyboardInterrupt from None
+            raise
         finally:
             con.close()
 
