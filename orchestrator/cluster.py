@@ -17,6 +17,7 @@ import re
 import secrets
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 # Ray's own switch for single-machine Ray: with it off, a local instance takes 127.0.0.1 as
@@ -124,6 +125,12 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach Ray at {address}: {err.strerror or err}") from None
 
 
+# Ray Client's words when its head-side server could not start this client's session.
+_CLIENT_SESSION_FAILED = "Initialization failure from server"
+CLIENT_SESSION_ATTEMPTS = 2
+CLIENT_SESSION_RETRY_S = 2.0
+
+
 def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
     """``ray.init`` for ``choice``; True when this call started Ray (and must shut it down).
     Workers get ``env_vars`` (never a token: a runtime env is visible in Ray's state API)."""
@@ -138,15 +145,30 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
         _reachable(choice.address)
     env = {k: v for k, v in env_vars.items() if k not in _job_env_vars()}
     try:
-        ray.init(
-            # "local" always starts a private instance; None would silently attach to any
-            # cluster that `ray start` left running on this machine.
-            address=choice.address or "local",
-            include_dashboard=False if choice.private else None,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": env},
-        )
+        for attempt in range(1, CLIENT_SESSION_ATTEMPTS + 1):
+            try:
+                ray.init(
+                    # "local" always starts a private instance; None would silently attach
+                    # to any cluster that `ray start` left running on this machine.
+                    address=choice.address or "local",
+                    include_dashboard=False if choice.private else None,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    runtime_env={"env_vars": env},
+                )
+                break
+            except ConnectionError as err:
+                # Ray Client's proxy on the head starts one server process per session, and
+                # now and then that process exits at once, leaving empty logs (seen on a
+                # loaded 2-core machine). A new session gets a new process: try once more.
+                session_failed = _cause(err).startswith(_CLIENT_SESSION_FAILED)
+                if not session_failed or attempt == CLIENT_SESSION_ATTEMPTS:
+                    raise
+                sys.stderr.write(
+                    f"note: Ray Client's server at {choice.address} could not start a session "
+                    f"({_cause(err)}); trying again\n"
+                )
+                time.sleep(CLIENT_SESSION_RETRY_S)
     except AuthenticationError:
         raise ClusterError(
             f"Ray at {choice.address} ({choice.source}) refused us: it uses token "
@@ -160,7 +182,7 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
             hint = "; is RAY_AUTH_TOKEN the cluster's token?"
         else:
             hint = "; a cluster with token auth needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
-        if first.startswith("Initialization failure from server"):  # Ray Client's own server
+        if first.startswith(_CLIENT_SESSION_FAILED):  # Ray Client's own server
             hint += ". The head node's ray_client_server*.err logs say more"
         raise ClusterError(
             f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"

@@ -217,6 +217,50 @@ def test_a_ray_client_init_failure_names_its_cause():
     assert _cause(ConnectionError()) == "ConnectionError"
 
 
+SESSION_FAILED = ConnectionAbortedError(
+    "Initialization failure from server:\nTraceback (most recent call last):\n"
+    "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("failures", "attempts", "connected"),
+    [
+        ([SESSION_FAILED], 2, True),  # the proxy's session process died once: a new one
+        ([SESSION_FAILED, SESSION_FAILED], 2, False),  # twice: one error, the cause named
+        ([ConnectionError("GCS unreachable")], 1, False),  # any other failure: no retry
+    ],
+)
+def test_a_ray_client_session_that_fails_to_start_is_tried_once_more(
+    monkeypatch, capsys, failures, attempts, connected
+):
+    """What the loopback Ray Client test met on a loaded machine: the head's client proxy
+    started this session's server process, which exited at once with empty logs."""
+    import ray
+
+    from ckptlab.orchestrator import cluster
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs["address"])
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(cluster, "_reachable", lambda address: None)
+    monkeypatch.setattr(cluster, "CLIENT_SESSION_RETRY_S", 0.0)
+    choice = cluster.ClusterChoice("ray://head:10001", "--address")
+    if connected:
+        assert cluster.connect(choice, {}) is True
+    else:
+        with pytest.raises(cluster.ClusterError, match=str(failures[-1]).splitlines()[0]):
+            cluster.connect(choice, {})
+    assert calls == ["ray://head:10001"] * attempts
+    said = capsys.readouterr().err
+    assert said.count("trying again") == attempts - 1
+
+
 @pytest.mark.parametrize(
     ("pairs", "message"),
     [
