@@ -17,8 +17,9 @@ import re
 import secrets
 import socket
 import sys
-import time
 from dataclasses import dataclass
+
+import tenacity
 
 # Ray's own switch for single-machine Ray: with it off, a local instance takes 127.0.0.1 as
 # its node address, and every Ray server (GCS, raylet, workers, agents) binds there instead
@@ -145,30 +146,29 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
         _reachable(choice.address)
     env = {k: v for k, v in env_vars.items() if k not in _job_env_vars()}
     try:
-        for attempt in range(1, CLIENT_SESSION_ATTEMPTS + 1):
-            try:
-                ray.init(
-                    # "local" always starts a private instance; None would silently attach
-                    # to any cluster that `ray start` left running on this machine.
-                    address=choice.address or "local",
-                    include_dashboard=False if choice.private else None,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                    runtime_env={"env_vars": env},
-                )
-                break
-            except ConnectionError as err:
-                # Ray Client's proxy on the head starts one server process per session, and
-                # now and then that process exits at once, leaving empty logs (seen on a
-                # loaded 2-core machine). A new session gets a new process: try once more.
-                session_failed = _cause(err).startswith(_CLIENT_SESSION_FAILED)
-                if not session_failed or attempt == CLIENT_SESSION_ATTEMPTS:
-                    raise
-                sys.stderr.write(
-                    f"note: Ray Client's server at {choice.address} could not start a session "
-                    f"({_cause(err)}); trying again\n"
-                )
-                time.sleep(CLIENT_SESSION_RETRY_S)
+        # Ray Client's proxy on the head starts one server process per session, and now and
+        # then that process exits at once, leaving empty logs (seen on a loaded 2-core
+        # machine). A new session gets a new process: try once more.
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_client_session_failed),
+            stop=tenacity.stop_after_attempt(CLIENT_SESSION_ATTEMPTS),
+            wait=tenacity.wait_fixed(CLIENT_SESSION_RETRY_S),
+            before_sleep=lambda state: sys.stderr.write(
+                f"note: Ray Client's server at {choice.address} could not start a session "
+                f"({_cause(state.outcome.exception())}); trying again\n"
+            ),
+            reraise=True,
+        )
+        retrying(
+            ray.init,
+            # "local" always starts a private instance; None would silently attach to any
+            # cluster that `ray start` left running on this machine.
+            address=choice.address or "local",
+            include_dashboard=False if choice.private else None,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": env},
+        )
     except AuthenticationError:
         raise ClusterError(
             f"Ray at {choice.address} ({choice.source}) refused us: it uses token "
@@ -188,6 +188,10 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
             f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"
         ) from None
     return True
+
+
+def _client_session_failed(err: BaseException) -> bool:
+    return isinstance(err, ConnectionError) and _cause(err).startswith(_CLIENT_SESSION_FAILED)
 
 
 def _cause(err: Exception) -> str:

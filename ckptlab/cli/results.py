@@ -34,7 +34,6 @@ def query(
     """Answer SQL from the results (a read-only connection; works while a run is writing)."""
     import duckdb
 
-    from ckptlab.interrupts import is_ctrl_c
     from ckptlab.results import QueryRefused, ResultsBusy, ResultStore
 
     if format == Format.parquet and output is None:  # a usage error: before any query
@@ -46,9 +45,7 @@ def query(
         raise fail(str(err), 1) from None
     except duckdb.Error as err:
         raise fail(str(err).splitlines()[0], 1) from None
-    except (KeyboardInterrupt, RuntimeError) as err:
-        if not is_ctrl_c(err):  # Ctrl-C during a query is DuckDB's RuntimeError
-            raise
+    except KeyboardInterrupt:  # the store's reader turns DuckDB's form of it into this
         raise fail("interrupted", 130) from None
     if format == Format.parquet:
         frame.write_parquet(output)

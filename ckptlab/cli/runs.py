@@ -309,7 +309,6 @@ def _run_spec(
                 f"planned with {expect_version} (same release, other code?)",
                 highlight=False,
             )
-    from ckptlab.interrupts import is_ctrl_c
     from ckptlab.orchestrator.cluster import AddressError
     from ckptlab.orchestrator.executors import InlineExecutor, RayExecutor
 
@@ -323,9 +322,7 @@ def _run_spec(
         raise fail(str(err), 2) from None
     try:
         return _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, out)
-    except (KeyboardInterrupt, RuntimeError) as err:
-        if not is_ctrl_c(err):  # Ctrl-C during a DuckDB query is DuckDB's RuntimeError
-            raise
+    except KeyboardInterrupt:  # planning's reads included (ResultStore converts DuckDB's)
         raise fail(
             "interrupted: every finished checkpoint is stored; run again to resume", 130
         ) from None
