@@ -79,10 +79,16 @@ ALTER TABLE units ADD COLUMN IF NOT EXISTS batch_size INTEGER;
 CREATE TABLE IF NOT EXISTS run_cells (run_id VARCHAR, cell_key VARCHAR);
 ALTER TABLE cells ADD COLUMN IF NOT EXISTS code_source VARCHAR;
 ALTER TABLE cells ADD COLUMN IF NOT EXISTS code_hash VARCHAR;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS weight_format VARCHAR;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS model_type VARCHAR;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS tied_head BOOLEAN;
+-- A duplicate revision's cell whose values were copied from the identical revision's cell
+-- (loading.duplicates: skip), instead of computed: the source cell's key.
+ALTER TABLE cells ADD COLUMN IF NOT EXISTS copied_from VARCHAR;
 CREATE OR REPLACE VIEW results AS
 SELECT ch.model, ch.revision, ch.step, c.analysis, m.layer, m.metric, m.value, m.item,
        m.task, m.shots, m.task_seed, ch.duplicate_of,
-       ch.suite, ch.size, ch.seed, ch.tokens_seen, ch.stage, c.commit_sha,
+       ch.suite, ch.size, ch.seed, ch.tokens_seen, ch.stage, ch.tied_head, c.commit_sha,
        i.name AS input_set, c.input_set_id,
        c.analysis_version, c.params_hash, c.params_json, c.dtype, r.spec_name, r.spec_hash,
        c.run_id, c.cell_key, c.computed_at
@@ -470,8 +476,12 @@ class ResultStore:
                 )
             con.execute(
                 "INSERT INTO checkpoints (model, revision, step, commit_sha, suite, size, seed,"
-                " first_seen, weights_sha256, tokens_seen, stage)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?) ON CONFLICT DO NOTHING",
+                " first_seen, weights_sha256, tokens_seen, stage, weight_format, model_type,"
+                " tied_head) VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET weights_sha256 = coalesce(excluded.weights_sha256,"
+                " weights_sha256), weight_format = coalesce(excluded.weight_format,"
+                " weight_format), model_type = coalesce(excluded.model_type, model_type),"
+                " tied_head = coalesce(excluded.tied_head, tied_head)",
                 [
                     checkpoint.model,
                     checkpoint.revision,
@@ -483,6 +493,9 @@ class ResultStore:
                     checkpoint.weights_sha256,
                     checkpoint.tokens_seen,
                     checkpoint.stage,
+                    checkpoint.weight_format,
+                    checkpoint.model_type,
+                    checkpoint.tied_head,
                 ],
             )
             if checkpoint.weights_sha256:

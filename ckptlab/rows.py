@@ -18,6 +18,10 @@ class CheckpointRow:
     weights_sha256: str | None = None  # the weight files' digest: identical payloads match
     tokens_seen: int | None = None  # the suite's axis (ckptlab.catalog); None: unknown
     stage: str | None = None  # the training stage the revision names ('stage2')
+    # How the weights were stored: safetensors | safetensors-sharded | pickle | pickle-sharded.
+    weight_format: str | None = None
+    model_type: str | None = None  # config.json's model_type (the architecture table's key)
+    tied_head: bool | None = None  # the LM head is the input embedding matrix
 
 
 @dataclass(frozen=True)

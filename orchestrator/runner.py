@@ -121,6 +121,9 @@ def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointR
     return CheckpointRow(
         ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed, digest,
         tokens_seen=ref.tokens_seen, stage=ref.stage,
+        weight_format=result.weight_format if result is not None else None,
+        model_type=result.model_type if result is not None else None,
+        tied_head=result.tied_head if result is not None else None,
     )  # fmt: skip
 
 

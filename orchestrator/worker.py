@@ -92,6 +92,9 @@ class UnitResult:
     prefetch_finished_at: float | None = None
     weights_sha256: str | None = None  # identical payloads across revisions are flagged
     batch_size: int | None = None  # the batch the passes ran with (smaller after running out)
+    weight_format: str | None = None  # safetensors | safetensors-sharded | pickle | ...
+    model_type: str | None = None  # the loaded config's model_type
+    tied_head: bool | None = None  # the LM head shares the input embedding matrix
 
     @property
     def compute_seconds(self) -> float:
