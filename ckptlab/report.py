@@ -12,27 +12,37 @@ What is selected:
   ``run_id`` alone would leave out everything cached.
 
 Within it, each analysis is read at its latest ``analysis_version`` (older versions' cells stay
-in the database); several parameter sets or input sets of one analysis become separate lines
-(or panels), labelled by input set and params hash. Per-item rows (``item`` not NULL) are not
-drawn.
+in the database); several parameter sets, input sets or dtypes of one analysis become separate
+lines (or panels), labelled by input set, params hash and dtype: a float32 and a bfloat16 cell
+of one checkpoint are two measurements, never averaged. Per-item rows (``item`` not NULL) are
+not drawn.
+
+A checkpoint is its (seed, stage, step), in training order: stage (``catalog.stage_rank``),
+then step. Some suites restart the step count in a later stage (OLMo 2's stage 2,
+CrystalCoder's phases), so the step alone would merge stage-1 step N with stage-2 step N. The
+seed tells apart runs inside one repo (OLMo 2's stage-2 ingredients): one line (panel) each.
 
 Figures (matplotlib, Agg, colorblind-safe: Okabe-Ito lines, viridis maps):
 
 - ``saturation``: cross-entropy vs step; ``lm_head_singular_entropy``: KL(p‖uniform) of the
-  LM head's normalised singular values vs step;
+  LM head's normalised singular values vs step (the legend says which models' heads are tied
+  to the input embeddings, as on every ``singular_entropy`` figure);
 - ``line__<analysis>__<metric>``: every other scalar or per-layer metric (``task`` NULL) vs
   step, one line per model (colour = size, line style = seed); a per-layer metric is drawn at
   each model's **last layer** (the legend names it), the heatmaps show every layer. The x axis
   is the training step on matplotlib's ``symlog`` scale with ``linthresh=1`` (linear on [0, 1],
-  logarithmic above), so step 0 is drawn as itself, not shifted;
+  logarithmic above), so step 0 is drawn as itself, not shifted. Where some model's steps
+  restart in a later stage, the step is no axis: x is the tokens seen where every checkpoint
+  has them, else the checkpoint's index in training order (ticks name stage and step);
 - ``heatmap__<analysis>__<metric>``: layer × checkpoint for metrics with several layers, one
-  panel per model, one colour scale per figure; columns are the checkpoints in step order;
-- ``icl__<model>``: ICL accuracy vs number of demonstrations, a few steps (colour = step), mean
-  over task seeds, chance (``chance_accuracy``) and the bag-of-words baseline (``bow_accuracy``,
-  mean over the drawn steps), one panel per task;
+  panel per model, one colour scale per figure; columns are the checkpoints in training order;
+- ``icl__<model>``: ICL accuracy vs number of demonstrations, a few checkpoints (colour =
+  training order), mean over task seeds, chance (``chance_accuracy``) and the bag-of-words
+  baseline (``bow_accuracy``, mean over the drawn checkpoints), one panel per task;
 - ``linearity_cost__<model>``: each block's linearity (``linearity`` at layer k - 1) against
   what removing it costs (``block_ablation``: CE with the block skipped, or replaced by its
-  fitted linear map, minus the intact CE), one point per (block, step), coloured by step;
+  fitted linear map, minus the intact CE), one point per (block, checkpoint), coloured by
+  training order;
 - what predicts what: per model, Spearman rho across checkpoints between every representation
   metric (per layer and mean over layers) and every task accuracy (lm_eval acc / acc_norm,
   ICL accuracy averaged over task seeds; ``correlation_table``), as a table (top TABLE_ROWS
@@ -63,6 +73,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ckptlab.catalog import stage_rank
 from ckptlab.results import ResultStore
 
 DPI = 100
@@ -85,10 +96,25 @@ NAMED = {
         "singular entropy (nats)",
     ),
 }
-ICL_STEPS = 5  # steps drawn per ICL figure, spread over the checkpoints' order
+ICL_STEPS = 5  # checkpoints drawn per ICL figure, spread over the checkpoints' order
 # Task accuracies ("capabilities") a representation metric is correlated with, per analysis.
 CAPABILITIES = {"lm_eval": ("acc", "acc_norm"), "icl": ("accuracy",)}
 MIN_STEPS = 3  # common checkpoints a Spearman rho needs
+# A checkpoint within one model: steps restart in a later stage of some suites (OLMo 2's stage
+# 2, CrystalCoder's phases) and a seed is a run of its own (OLMo 2's stage-2 ingredients).
+CHECKPOINT = ["seed", "stage", "step"]
+ORDER = ["stage_rank", "stage", "step"]  # training order within one seed
+# Columns the results view gained over time: NULL where an older database's view lacks them.
+NEWER_COLUMNS = {"stage": "VARCHAR", "tokens_seen": "BIGINT", "dtype": "VARCHAR",
+                 "tied_head": "BOOLEAN"}  # fmt: skip
+# Analyses of the LM head: where it is the input embedding matrix, the figures say so.
+HEAD_ANALYSES = frozenset({"singular_entropy"})
+TIED = " (tied to the input embeddings)"
+X_LABELS = {
+    "step": "training step",
+    "tokens": "tokens seen",
+    "checkpoint": "checkpoint, in training order",
+}
 TABLE_ROWS = 30  # metrics per model in the HTML table and heatmap; correlations.csv has all
 TABLE_COLUMNS = 20  # task accuracies likewise
 SCATTER_PAIRS = 4  # strongest pairs drawn as scatter plots, per model
@@ -148,7 +174,7 @@ class Report:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failures: pl.DataFrame | None = None
-    x: str = "step"
+    x: str = "step"  # step, tokens, or checkpoint (the index in training order)
     correlations: pl.DataFrame | None = None  # correlation_table; None: no task accuracies
 
 
@@ -192,16 +218,26 @@ def resolve_selection(
 
 
 def select_rows(store: ResultStore, selection: Selection) -> pl.DataFrame:
-    """The selection's non-item rows, each analysis at its latest version, with a ``variant``
-    column (input set / params hash, empty when an analysis has only one)."""
+    """The selection's non-item rows, each analysis at its latest version, in training order
+    (``with_order``), with a ``variant`` column (input set / params hash / dtype, empty when
+    an analysis has only one)."""
     # A spec's cells: those its runs planned (run_cells; a cell another spec's run computed
     # first counts too), and, from databases older than run_cells, those its runs computed.
     runs = "SELECT run_id FROM runs WHERE spec_name = ?"
     if selection.run_id is not None:
         runs = "SELECT run_id FROM runs WHERE run_id = ?"
+    view = set(
+        store.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'results'"
+        )["column_name"]
+    )
+    newer = ", ".join(
+        name if name in view else f"CAST(NULL AS {kind}) AS {name}"
+        for name, kind in NEWER_COLUMNS.items()
+    )
     sql = (
         "SELECT model, size, seed, revision, step, analysis, analysis_version, params_hash,"
-        " input_set, layer, metric, value, task, shots, task_seed"
+        f" input_set, layer, metric, value, task, shots, task_seed, {newer}"
         f" FROM results WHERE item IS NULL AND (cell_key IN (SELECT cell_key FROM run_cells"
         f" WHERE run_id IN ({runs})) OR spec_name = ?)"
     )
@@ -216,9 +252,11 @@ def select_rows(store: ResultStore, selection: Selection) -> pl.DataFrame:
         pl.col("analysis_version") == pl.col("analysis_version").max().over("analysis")
     )
     rows = rows.with_columns(pl.col("input_set").fill_null(""))
+    rows = with_order(rows)
     kinds = rows.group_by("analysis").agg(
         pl.col("input_set").n_unique().alias("_sets"),
         pl.col("params_hash").n_unique().alias("_params"),
+        pl.col("dtype").drop_nulls().n_unique().alias("_dtypes"),
     )
     rows = rows.join(kinds, on="analysis")
     variant = pl.concat_str(
@@ -226,43 +264,79 @@ def select_rows(store: ResultStore, selection: Selection) -> pl.DataFrame:
         pl.when(pl.col("_params") > 1)
         .then(pl.lit("params ") + pl.col("params_hash").str.slice(0, 6))
         .otherwise(pl.lit("")),
+        pl.when(pl.col("_dtypes") > 1)
+        .then(pl.col("dtype").fill_null("dtype unknown"))
+        .otherwise(pl.lit("")),
         separator=" ",
     ).str.strip_chars()
-    return rows.with_columns(variant.alias("variant")).drop("_sets", "_params")
+    return rows.with_columns(variant.alias("variant")).drop("_sets", "_params", "_dtypes")
 
 
-def with_x(
-    store: ResultStore, rows: pl.DataFrame, x: str, notes: list[str]
-) -> tuple[pl.DataFrame, str]:
-    """``rows`` with an ``x`` column: the step, or the checkpoint's ``tokens_seen`` where the
-    checkpoints table has that column and knows it for every selected checkpoint (else the
-    step, with a note)."""
+def with_order(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with ``stage`` ("" where none, as polars joins on it) and ``stage_rank``, so
+    that CHECKPOINT names a checkpoint and ORDER sorts a seed's checkpoints in training order.
+    Rows without a stage column are single-stage; rows that have both are returned as they
+    are."""
+    if "stage_rank" in rows.columns:
+        return rows
+    if "stage" not in rows.columns:
+        rows = rows.with_columns(pl.lit("").alias("stage"))
+    rows = rows.with_columns(pl.col("stage").cast(pl.String).fill_null(""))
+    ranks = {stage: stage_rank(stage or None) for stage in rows["stage"].unique()}
+    rank = pl.col("stage").replace_strict(ranks, return_dtype=pl.Int64, default=1)
+    return rows.with_columns(rank.alias("stage_rank"))
+
+
+def restarting(rows: pl.DataFrame) -> list[str]:
+    """The models whose steps do not grow along training order: a later stage counts from 0
+    again (or two stages name one step). Over all of a model's seeds: OLMo 2's stage-2
+    ingredients are seeds of their own, and their step 0 comes after stage 1."""
+    seen = with_order(rows).select("model", *ORDER).unique().sort("model", *ORDER)
+    back = seen.group_by("model", maintain_order=True).agg(
+        (pl.col("step").diff() <= 0).any().alias("back")
+    )
+    return sorted(back.filter(pl.col("back"))["model"])
+
+
+def checkpoint_name(stage: str | None, step: int | float) -> str:
+    """'step 100', or 'stage2 step 100' where the checkpoint has a stage."""
+    return f"{stage} step {step:g}" if stage else f"step {step:g}"
+
+
+def with_x(rows: pl.DataFrame, x: str, notes: list[str]) -> tuple[pl.DataFrame, str]:
+    """``rows`` (as ``select_rows``) with an ``x`` column and what it is: the step, or the
+    checkpoint's ``tokens_seen`` where ``x`` is 'tokens' and it is known for every selected
+    checkpoint (else the step, with a note). Where some model's steps restart in a later stage
+    the step would draw two checkpoints at one x and a line going back: then x is the tokens
+    seen where known for every checkpoint, else the checkpoint's index in training order
+    ('checkpoint': every (stage, step) of the selection, 0, 1, ...), with a note."""
+    rows = with_order(rows)
+    unknown = rows.filter(pl.col("tokens_seen").is_null())
+    tokens = rows.with_columns(pl.col("tokens_seen").cast(pl.Float64).alias("x"))
+    restart = restarting(rows)
+    if x == "tokens" and unknown.height == 0:
+        return tokens, "tokens"
     if x == "tokens":
-        has = store.query(
-            "SELECT count(*) AS n FROM information_schema.columns"
-            " WHERE table_name = 'checkpoints' AND column_name = 'tokens_seen'"
-        ).item()
-        if not has:
-            notes.append("x = tokens asked for, but checkpoints has no tokens_seen: x = step")
-        else:
-            tokens = store.query(
-                "SELECT model, revision, max(tokens_seen) AS tokens_seen FROM checkpoints"
-                " GROUP BY ALL"
-            )
-            joined = rows.join(tokens, on=["model", "revision"], how="left")
-            unknown = joined.filter(pl.col("tokens_seen").is_null())
-            if unknown.height == 0:
-                return joined.with_columns(pl.col("tokens_seen").cast(pl.Float64).alias("x")), x
-            count = unknown.select("model", "revision").n_unique()
-            notes.append(
-                f"x = tokens asked for, but tokens_seen is unknown for {count} checkpoint(s)"
-                " (e.g. "
-                + "@".join(unknown.row(0, named=True)[k] for k in ("model", "revision"))
-                + "): x = step"
-            )
+        count = unknown.select("model", "revision").n_unique()
+        first = unknown.row(0, named=True)
+        notes.append(
+            f"x = tokens asked for, but tokens_seen is unknown for {count} checkpoint(s)"
+            f" (e.g. {first['model']}@{first['revision']})" + ("" if restart else ": x = step")
+        )
     elif x != "step":
         notes.append(f"unknown x {x!r}: x = step")
-    return rows.with_columns(pl.col("step").cast(pl.Float64).alias("x")), "step"
+    if not restart:
+        return rows.with_columns(pl.col("step").cast(pl.Float64).alias("x")), "step"
+    why = f"steps restart in a later stage ({', '.join(restart)}), so the step is no axis"
+    if unknown.height == 0:
+        notes.append(f"{why}: x = tokens seen")
+        return tokens, "tokens"
+    order = rows.select(*ORDER).unique().sort(ORDER).with_row_index("x")
+    notes.append(
+        f"{why}, and tokens_seen is not known for every checkpoint: x = the checkpoint's"
+        " index in training order (stage, then step; the ticks name them)"
+    )
+    return rows.join(order.with_columns(pl.col("x").cast(pl.Float64)), on=ORDER), "checkpoint"
 
 
 # ------------------------------------------------------------------- preparing data
@@ -282,7 +356,9 @@ def size_key(size: str | None) -> tuple:
 
 
 def _models(rows: pl.DataFrame) -> list[dict]:
-    """One dict per (model, variant) in a stable order: size, seed, model name, variant."""
+    """One dict per (model, seed, variant) in a stable order: size, seed, model name, variant.
+    A model with several seeds is one repo holding several runs (OLMo 2's stage-2
+    ingredients): a line (panel) each."""
     found = rows.select("model", "size", "seed", "variant").unique().to_dicts()
     return sorted(
         found,
@@ -290,27 +366,60 @@ def _models(rows: pl.DataFrame) -> list[dict]:
     )
 
 
-def _label(model: str, variant: str) -> str:
-    short = model.rsplit("/", 1)[-1]
-    return f"{short} [{variant}]" if variant else short
+def _key(m: dict) -> tuple:
+    return (m["model"], m["seed"], m["variant"])
+
+
+def _of(frame: pl.DataFrame, m: dict) -> pl.DataFrame:
+    """The rows of one (model, seed, variant) of ``_models``."""
+    return frame.filter(
+        (pl.col("model") == m["model"])
+        & pl.col("seed").eq_missing(m["seed"])
+        & (pl.col("variant") == m["variant"])
+    )
+
+
+def _labels(models: list[dict]) -> dict[tuple, str]:
+    """Per ``_key``: the model's short name, its seed where the model has several, the
+    variant in brackets."""
+    seeds: dict[str, set] = {}
+    for m in models:
+        seeds.setdefault(m["model"], set()).add(m["seed"])
+    labels = {}
+    for m in models:
+        label = m["model"].rsplit("/", 1)[-1]
+        if len(seeds[m["model"]]) > 1:
+            label += f" seed {m['seed']}"
+        labels[_key(m)] = f"{label} [{m['variant']}]" if m["variant"] else label
+    return labels
+
+
+def _tied(analysis: str, tied_head) -> str:
+    """What a figure of the LM head (singular_entropy) says of a head that is the input
+    embedding matrix: its spectrum is the embeddings', not a head's of its own."""
+    return TIED if analysis in HEAD_ANALYSES and tied_head else ""
 
 
 def line_series(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per (analysis, metric, model, variant): ``x`` and ``value`` of the scalar metrics
-    (layer NULL) and of per-layer metrics at the model's last layer. Columns: analysis,
-    metric, model, size, seed, variant, layer, x, step, value (mean over any repeats)."""
+    """Per (analysis, metric, model, seed, variant): ``x`` and ``value`` of the scalar metrics
+    (layer NULL) and of per-layer metrics at the model's last layer, one row per checkpoint
+    in training order. Columns: analysis, metric, model, variant, size, seed, layer,
+    stage_rank, stage, step, x, value (mean over any repeats: revisions at one checkpoint),
+    tied_head (True where some checkpoint's head is tied to its input embeddings)."""
+    columns = ["analysis", "metric", "model", "variant", "size", "seed", "layer", *ORDER, "x",
+               "value", "tied_head"]  # fmt: skip
     scalar = rows.filter(pl.col("task").is_null() & ~pl.col("metric").is_in(list(BOOKKEEPING)))
     if scalar.height == 0:
-        return scalar.select("analysis", "metric", "model", "size", "seed", "variant",
-                             "layer", "x", "step", "value")  # fmt: skip
+        return scalar.select(columns)
     keys = ["analysis", "metric", "model", "variant"]
     scalar = scalar.filter(
         pl.col("layer").is_null() | (pl.col("layer") == pl.col("layer").max().over(keys))
     )
     return (
-        scalar.group_by([*keys, "size", "seed", "layer", "x", "step"])
-        .agg(pl.col("value").mean())
-        .sort([*keys, "x"])
+        scalar.group_by([*keys, "size", "seed", "layer", *ORDER])
+        .agg(pl.col("x").first(), pl.col("value").mean(), pl.col("tied_head").max())
+        .sort([*keys, "seed", *ORDER], nulls_last=True)
+        .select(columns)
     )
 
 
@@ -331,29 +440,36 @@ def heatmap_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
 
 
 def heatmap_panels(rows: pl.DataFrame, analysis: str, metric: str) -> list[dict]:
-    """One panel per (model, variant): steps (columns, sorted), layers (rows), values
-    [layer][step] with None where a cell is missing."""
+    """One panel per (model, seed, variant): checkpoints (columns, in training order: x,
+    steps, stages), layers (rows), values [layer][checkpoint] with None where a cell is
+    missing."""
     chosen = rows.filter(
         (pl.col("analysis") == analysis) & (pl.col("metric") == metric) & pl.col("task").is_null()
     )
+    models = _models(chosen)
+    labels = _labels(models)
     panels = []
-    for m in _models(chosen):
-        part = chosen.filter((pl.col("model") == m["model"]) & (pl.col("variant") == m["variant"]))
-        part = part.filter(pl.col("layer").is_not_null())
+    for m in models:
+        part = _of(chosen, m).filter(pl.col("layer").is_not_null())
         if part.height == 0:
             continue
-        cells = part.group_by("layer", "x", "step").agg(pl.col("value").mean())
-        xs = cells.select("x", "step").unique().sort("x")
+        cells = part.group_by("layer", *ORDER).agg(pl.col("x").first(), pl.col("value").mean())
+        columns = cells.select(*ORDER, "x").unique(ORDER).sort(ORDER)
+        checkpoints = columns.select("stage", "step").rows()
         layers = sorted(cells["layer"].unique().to_list())
-        lookup = {(r["layer"], r["x"]): r["value"] for r in cells.iter_rows(named=True)}
-        values = [[_finite(lookup.get((layer, x))) for x in xs["x"]] for layer in layers]
+        lookup = {
+            (r["layer"], r["stage"], r["step"]): r["value"] for r in cells.iter_rows(named=True)
+        }
+        values = [[_finite(lookup.get((layer, *c))) for c in checkpoints] for layer in layers]
         panels.append(
             {
                 "model": m["model"],
+                "seed": m["seed"],
                 "variant": m["variant"],
-                "label": _label(m["model"], m["variant"]),
-                "x": xs["x"].to_list(),
-                "steps": xs["step"].to_list(),
+                "label": labels[_key(m)] + _tied(analysis, part["tied_head"].max()),
+                "x": columns["x"].to_list(),
+                "steps": columns["step"].to_list(),
+                "stages": [stage or None for stage in columns["stage"]],
                 "layers": layers,
                 "values": values,
             }
@@ -362,30 +478,32 @@ def heatmap_panels(rows: pl.DataFrame, analysis: str, metric: str) -> list[dict]
 
 
 def icl_table(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per (model, variant, task, step, shots): accuracy, chance_accuracy and bow_accuracy,
-    each the mean over task seeds (null where the analysis stored none, e.g. a shot count
-    beyond the context), and the number of task seeds averaged."""
+    """Per (model, seed, variant, task, checkpoint, shots): accuracy, chance_accuracy and
+    bow_accuracy, each the mean over task seeds (null where the analysis stored none, e.g. a
+    shot count beyond the context), and the number of task seeds averaged; in training order."""
     icl = rows.filter(
         pl.col("task").is_not_null()
         & pl.col("shots").is_not_null()
         & pl.col("metric").is_in(["accuracy", "chance_accuracy", "bow_accuracy"])
     )
-    keys = ["model", "size", "seed", "variant", "task", "x", "step", "shots"]
+    keys = ["model", "size", "seed", "variant", "task", *ORDER, "shots"]
     return (
         icl.group_by(keys)
         .agg(
+            pl.col("x").first(),
             pl.col("value").filter(pl.col("metric") == "accuracy").mean().alias("accuracy"),
             pl.col("value").filter(pl.col("metric") == "chance_accuracy").mean().alias("chance"),
             pl.col("value").filter(pl.col("metric") == "bow_accuracy").mean().alias("bow"),
             pl.col("task_seed").filter(pl.col("metric") == "accuracy").n_unique().alias("seeds"),
         )
         .filter(pl.col("accuracy").is_not_null())
-        .sort(keys)
+        .sort(keys, nulls_last=True)
     )
 
 
-def pick_steps(steps: list[float], n: int = ICL_STEPS) -> list[float]:
-    """``n`` of the sorted ``steps``, evenly spread over their order, first and last kept."""
+def pick_steps(steps: list, n: int = ICL_STEPS) -> list:
+    """``n`` of the sorted ``steps`` (steps, or checkpoints as (stage rank, stage, step)),
+    evenly spread over their order, first and last kept."""
     steps = sorted(set(steps))
     if len(steps) <= n:
         return steps
@@ -403,28 +521,35 @@ def _finite(value) -> float | None:
 
 # The correlation table in one DuckDB query over the whole database (``ckptlab query``): every
 # representation metric per layer and its mean over layers, against every task accuracy, with
-# each analysis at its latest version. Where an analysis has several parameter sets it mixes
-# them (the report keeps them apart), and it reads every spec's rows, not one spec's.
+# each analysis at its latest version. A checkpoint is its (seed, stage, step), as in the
+# report (steps restart in a later stage of some suites). Where an analysis has several
+# parameter sets it mixes them (the report keeps them apart), and it reads every spec's rows,
+# not one spec's.
 SPEARMAN_SQL = """
 WITH latest AS (  -- non-item rows of each analysis's latest version
     SELECT * FROM results WHERE item IS NULL AND isfinite(value)
     QUALIFY analysis_version = max(analysis_version) OVER (PARTITION BY analysis)
-), per_layer AS (  -- representation metrics: one value per checkpoint and layer
-    SELECT model, analysis || '/' || metric AS metric, CAST(layer AS VARCHAR) AS layer,
-           input_set, step, avg(value) AS x
+), tagged AS (  -- a checkpoint: (seed, stage, step); ' [bfloat16]' where dtypes differ
+    SELECT * REPLACE (coalesce(seed, -1) AS seed, coalesce(stage, '') AS stage),
+        CASE WHEN count(DISTINCT dtype) OVER (PARTITION BY analysis) > 1
+             THEN ' [' || coalesce(dtype, '?') || ']' ELSE '' END AS dtype_tag
     FROM latest
+), per_layer AS (  -- representation metrics: one value per checkpoint and layer
+    SELECT model, analysis || '/' || metric || dtype_tag AS metric,
+           CAST(layer AS VARCHAR) AS layer, input_set, seed, stage, step, avg(value) AS x
+    FROM tagged
     WHERE task IS NULL AND analysis NOT IN ('lm_eval', 'icl') AND metric NOT IN
           ('num_predicted_tokens', 'lm_head_rows', 'twonn_points', 'neurons', 'num_clusters')
     GROUP BY ALL
-), layer_mean AS (  -- the mean over layers, at the steps that have all of them
-    SELECT model, metric, 'mean' AS layer, input_set, step, avg(x) AS x
-    FROM per_layer WHERE layer IS NOT NULL GROUP BY model, metric, input_set, step
+), layer_mean AS (  -- the mean over layers, at the checkpoints that have all of them
+    SELECT model, metric, 'mean' AS layer, input_set, seed, stage, step, avg(x) AS x
+    FROM per_layer WHERE layer IS NOT NULL GROUP BY model, metric, input_set, seed, stage, step
     QUALIFY count(*) > 1
         AND count(*) = max(count(*)) OVER (PARTITION BY model, metric, input_set)
 ), accuracy AS (  -- task accuracies: lm_eval acc and acc_norm, ICL mean over task seeds
-    SELECT model, task, analysis || '/' || metric AS capability_metric, shots, step,
-           avg(value) AS y
-    FROM latest
+    SELECT model, task, analysis || '/' || metric || dtype_tag AS capability_metric, shots,
+           seed, stage, step, avg(value) AS y
+    FROM tagged
     WHERE (analysis = 'lm_eval' AND metric IN ('acc', 'acc_norm'))
        OR (analysis = 'icl' AND metric = 'accuracy')
     GROUP BY ALL
@@ -435,7 +560,7 @@ WITH latest AS (  -- non-item rows of each analysis's latest version
         (rank() OVER (pair ORDER BY y) + count(*) OVER pair + 1
             - rank() OVER (pair ORDER BY y DESC)) / 2 AS rank_y
     FROM (SELECT * FROM per_layer UNION ALL SELECT * FROM layer_mean)
-    JOIN accuracy USING (model, step)
+    JOIN accuracy USING (model, seed, stage, step)
     WINDOW pair AS (PARTITION BY model, metric, layer, input_set, task, capability_metric, shots)
 )
 SELECT model, metric, layer, input_set, task, capability_metric, shots,
@@ -450,33 +575,43 @@ CORRELATION_COLUMNS = ["model", "metric", "layer", "input_set", "task", "capabil
 
 
 def _finite_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    """Non-item rows with a finite value; input_set "" where none (a key polars joins on)."""
+    """Non-item rows with a finite value, in training order (``with_order``); input_set ""
+    where none (a key polars joins on); ``x`` the step where the rows have no x yet;
+    ``dtype_tag`` ' [bfloat16]' where the analysis has rows in several dtypes (two
+    measurements of a checkpoint, not repeats to average), else ''."""
     if "item" in rows.columns:
         rows = rows.filter(pl.col("item").is_null())
-    if "input_set" not in rows.columns:
-        rows = rows.with_columns(pl.lit(None, pl.String).alias("input_set"))
-    rows = rows.filter(pl.col("value").is_finite())
-    return rows.with_columns(pl.col("input_set").fill_null(""))
+    for name, kind in (("input_set", pl.String), ("dtype", pl.String), ("seed", pl.Int64)):
+        if name not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, kind).alias(name))
+    if "x" not in rows.columns:
+        rows = rows.with_columns(pl.col("step").cast(pl.Float64).alias("x"))
+    rows = with_order(rows.filter(pl.col("value").is_finite()))
+    several = pl.col("dtype").drop_nulls().n_unique().over("analysis") > 1
+    tag = pl.when(several).then(" [" + pl.col("dtype").fill_null("?") + "]").otherwise(pl.lit(""))
+    return rows.with_columns(pl.col("input_set").fill_null(""), tag.alias("dtype_tag"))
 
 
 def _with_params(rows: pl.DataFrame, column: str) -> pl.DataFrame:
     """``column``'s values as 'analysis/value', plus ' [params abc123]' where the analysis
-    has several parameter sets among ``rows`` (different series, not repeats to average)."""
+    has several parameter sets among ``rows`` and ' [bfloat16]' where it has several dtypes
+    (different series, not repeats to average)."""
     name = pl.col("analysis") + "/" + pl.col(column)
     if "params_hash" in rows.columns:
         several = pl.col("params_hash").n_unique().over("analysis") > 1
         tag = " [params " + pl.col("params_hash").str.slice(0, 6) + "]"
         name = name + pl.when(several).then(tag).otherwise(pl.lit(""))
-    return rows.with_columns(name.alias(column))
+    return rows.with_columns((name + pl.col("dtype_tag")).alias(column))
 
 
 def representation_series(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per (model, metric, layer, input_set, step): the value of every representation metric,
-    i.e. rows with no task and no item, of analyses other than lm_eval and icl, bookkeeping
-    counts left out. ``metric`` is 'analysis/metric'; ``layer`` a string: the layer, NULL for
-    a scalar metric, or 'mean', the mean over layers at the steps that have all of them (for
-    metrics with several layers); ``input_set`` "" where none. Repeats (several revisions at
-    one step) are averaged."""
+    """Per (model, metric, layer, input_set, checkpoint): the value of every representation
+    metric, i.e. rows with no task and no item, of analyses other than lm_eval and icl,
+    bookkeeping counts left out. ``metric`` is 'analysis/metric'; ``layer`` a string: the
+    layer, NULL for a scalar metric, or 'mean', the mean over layers at the checkpoints that
+    have all of them (for metrics with several layers); ``input_set`` "" where none. A
+    checkpoint is its CHECKPOINT (seed, stage, step); ``x`` is its place on the report's
+    axis. Repeats (several revisions at one checkpoint) are averaged."""
     rep = _finite_rows(rows).filter(
         pl.col("task").is_null()
         & ~pl.col("analysis").is_in(list(CAPABILITIES))
@@ -484,44 +619,57 @@ def representation_series(rows: pl.DataFrame) -> pl.DataFrame:
     )
     rep = _with_params(rep, "metric").with_columns(pl.col("layer").cast(pl.String))
     keys = ["model", "metric", "layer", "input_set"]
-    per_layer = rep.group_by(*keys, "step").agg(pl.col("value").mean())
+    at = [*CHECKPOINT, "stage_rank"]
+    per_layer = rep.group_by(*keys, *at).agg(pl.col("x").first(), pl.col("value").mean())
     mean = (
         per_layer.filter(pl.col("layer").is_not_null())
-        .group_by("model", "metric", "input_set", "step")
-        .agg(pl.col("value").mean(), pl.len().alias("layers"))
+        .group_by("model", "metric", "input_set", *at)
+        .agg(pl.col("x").first(), pl.col("value").mean(), pl.len().alias("layers"))
         .filter(
             (pl.col("layers") > 1)
             & (pl.col("layers") == pl.col("layers").max().over("model", "metric", "input_set"))
         )
-        .select("model", "metric", pl.lit("mean").alias("layer"), "input_set", "step", "value")
+        .with_columns(pl.lit("mean").alias("layer"))
     )
-    return pl.concat([per_layer.select(*keys, "step", "value"), mean]).sort(*keys, "step")
+    columns = [*keys, *at, "x", "value"]
+    return pl.concat([per_layer.select(columns), mean.select(columns)]).sort(
+        *keys, "seed", *ORDER, nulls_last=True
+    )
 
 
 def capability_series(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per (model, task, capability_metric, shots, step): task accuracy, i.e. lm_eval's acc
-    and acc_norm per task and num_fewshot (``shots``), and icl's accuracy per task and shots,
-    the mean over task seeds. ``capability_metric`` is 'lm_eval/acc', 'icl/accuracy', ..."""
+    """Per (model, task, capability_metric, shots, checkpoint): task accuracy, i.e. lm_eval's
+    acc and acc_norm per task and num_fewshot (``shots``), and icl's accuracy per task and
+    shots, the mean over task seeds. ``capability_metric`` is 'lm_eval/acc', 'icl/accuracy',
+    ...; a checkpoint and ``x`` as in ``representation_series``."""
     wanted = pl.lit(False)
     for analysis, metrics in CAPABILITIES.items():
         wanted = wanted | ((pl.col("analysis") == analysis) & pl.col("metric").is_in(metrics))
     cap = _finite_rows(rows).filter(wanted & pl.col("task").is_not_null())
     cap = _with_params(cap.rename({"metric": "capability_metric"}), "capability_metric")
     keys = ["model", "task", "capability_metric", "shots"]
-    return cap.group_by(*keys, "step").agg(pl.col("value").mean()).sort(*keys, "step")
+    return (
+        cap.group_by(*keys, *CHECKPOINT, "stage_rank")
+        .agg(pl.col("x").first(), pl.col("value").mean())
+        .sort(*keys, "seed", *ORDER, nulls_last=True)
+    )
+
+
+def _pairs(metrics: pl.DataFrame, capabilities: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    """Metric values (``value``) next to accuracies (``value_y``) at the checkpoints both
+    have; a seed of None matches None."""
+    return metrics.join(capabilities.drop("x", "stage_rank"), on=on, suffix="_y", nulls_equal=True)
 
 
 def _spearman(metrics: pl.DataFrame, capabilities: pl.DataFrame) -> pl.DataFrame:
     """rho of every (metric series, accuracy series) pair of one model, over their common
-    steps."""
+    checkpoints."""
     keys = ["model", "metric", "layer", "input_set", "task", "capability_metric", "shots"]
-    pairs = metrics.rename({"value": "x"}).join(
-        capabilities.rename({"value": "y"}), on=["model", "step"]
-    )
+    pairs = _pairs(metrics, capabilities, ["model", *CHECKPOINT])
     table = (
         pairs.with_columns(  # Spearman = Pearson of the ranks; ties get their average rank
-            pl.col("x").rank("average").over(keys).alias("rank_x"),
-            pl.col("y").rank("average").over(keys).alias("rank_y"),
+            pl.col("value").rank("average").over(keys).alias("rank_x"),
+            pl.col("value_y").rank("average").over(keys).alias("rank_y"),
         )
         .group_by(keys)
         .agg(pl.corr("rank_x", "rank_y").alias("rho"), pl.len().cast(pl.Int64).alias("n_steps"))
@@ -546,21 +694,29 @@ def _spearman(metrics: pl.DataFrame, capabilities: pl.DataFrame) -> pl.DataFrame
 def correlation_table(rows: pl.DataFrame) -> pl.DataFrame:
     """Spearman rho across checkpoints, per model, between every representation metric
     (``representation_series``) and every task accuracy (``capability_series``), over the
-    steps where both have a finite value: ranks averaged over ties (as scipy.stats.spearmanr),
-    then Pearson. A pair with fewer than MIN_STEPS common steps, or a constant series, has no
-    entry. ``rows``: results-view rows of one analysis version each (as ``select_rows``);
-    item rows are ignored. Columns: CORRELATION_COLUMNS, by model, then |rho| descending."""
+    checkpoints where both have a finite value: ranks averaged over ties (as
+    scipy.stats.spearmanr), then Pearson. A checkpoint is its (seed, stage, step): stage-1 step
+    N and stage-2 step N are two. A pair with fewer than MIN_STEPS common checkpoints, or a
+    constant series, has no entry. ``rows``: results-view rows of one analysis version each
+    (as ``select_rows``); item rows are ignored. Columns: CORRELATION_COLUMNS (``n_steps``:
+    the checkpoints), by model, then |rho| descending."""
     return _spearman(representation_series(rows), capability_series(rows))
 
 
+LINEARITY_COST_COLUMNS = ["model", "input_set", "dtype", *CHECKPOINT, "x", "block", "linearity",
+                          "removal_cost", "linear_cost"]  # fmt: skip
+
+
 def linearity_cost(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per (model, input_set, step, block): block k's linearity (``linearity`` at layer k - 1,
-    the pair hidden_states[k-1] -> hidden_states[k]) next to what removing it costs:
-    removal_cost = cross_entropy_skip(k) - cross_entropy, linear_cost = cross_entropy_linear(k)
-    - cross_entropy (block_ablation; layer k = block k, the intact CE at no layer). Only
-    (block, step)s both analyses measured on the same input set; repeats averaged."""
+    """Per (model, input_set, dtype, checkpoint, block): block k's linearity (``linearity`` at
+    layer k - 1, the pair hidden_states[k-1] -> hidden_states[k]) next to what removing it
+    costs: removal_cost = cross_entropy_skip(k) - cross_entropy, linear_cost =
+    cross_entropy_linear(k) - cross_entropy (block_ablation; layer k = block k, the intact CE
+    at no layer). Only (block, checkpoint)s both analyses measured on the same input set in
+    the same dtype; repeats averaged. A checkpoint is its (seed, stage, step), ``x`` its place
+    on the report's axis; rows in training order."""
     base = _finite_rows(rows).filter(pl.col("task").is_null())
-    at = ["model", "input_set", "step"]
+    at = ["model", "input_set", "dtype", *CHECKPOINT, "stage_rank"]
 
     def series(analysis: str, metric: str, name: str, shift: int | None = 0) -> pl.DataFrame:
         # shift: block = layer + shift; None: the row at no layer
@@ -569,21 +725,23 @@ def linearity_cost(rows: pl.DataFrame) -> pl.DataFrame:
             return (
                 part.filter(pl.col("layer").is_null())
                 .group_by(at)
-                .agg(pl.col("value").mean().alias(name))
+                .agg(pl.col("x").first(), pl.col("value").mean().alias(name))
             )
         part = part.filter(pl.col("layer").is_not_null())
         block = (pl.col("layer").cast(pl.Int64) + shift).alias("block")
         return part.group_by(*at, block).agg(pl.col("value").mean().alias(name))
 
-    joined = (
-        series("linearity", "linearity", "linearity", shift=1)
-        .join(series("block_ablation", "cross_entropy_skip", "skip"), on=[*at, "block"])
-        .join(series("block_ablation", "cross_entropy", "intact", shift=None), on=at)
-        .join(
-            series("block_ablation", "cross_entropy_linear", "linear"),
-            on=[*at, "block"],
-            how="left",
-        )
+    def join(left: pl.DataFrame, right: pl.DataFrame, on: list[str], how="inner"):
+        return left.join(right, on=on, how=how, nulls_equal=True)
+
+    joined = join(
+        series("linearity", "linearity", "linearity", shift=1),
+        series("block_ablation", "cross_entropy_skip", "skip"),
+        [*at, "block"],
+    )
+    joined = join(joined, series("block_ablation", "cross_entropy", "intact", shift=None), at)
+    joined = join(
+        joined, series("block_ablation", "cross_entropy_linear", "linear"), [*at, "block"], "left"
     )
     return (
         joined.with_columns(
@@ -591,8 +749,8 @@ def linearity_cost(rows: pl.DataFrame) -> pl.DataFrame:
             (pl.col("skip") - pl.col("intact")).alias("removal_cost"),
             (pl.col("linear") - pl.col("intact")).alias("linear_cost"),
         )
-        .select(*at[:2], "step", "block", "linearity", "removal_cost", "linear_cost")
-        .sort("model", "input_set", "block", "step", nulls_last=True)
+        .sort("model", "input_set", "dtype", "seed", "block", *ORDER, nulls_last=True)
+        .select(*LINEARITY_COST_COLUMNS)
     )
 
 
@@ -611,23 +769,54 @@ def _count(value: float) -> str:
     return f"{value:g}"
 
 
-def _x_axis(axis, x: str, xs: list[float]) -> None:
-    """Symlog x: linear on [0, linthresh] (half a decade wide), logarithmic above, so the
-    first checkpoint (step 0) is drawn where it is. linthresh = 1 for steps; for tokens the
-    power of ten at or below the smallest positive count. Ticks at 0 and every decade."""
+def _linthresh(x: str, xs: list[float]) -> float:
+    """Where the symlog axis turns logarithmic: 1 for steps; for tokens the power of ten at or
+    below the smallest positive count."""
+    positive = [v for v in xs if v and v > 0]
+    if x == "tokens" and positive:
+        return 10.0 ** math.floor(math.log10(min(positive)))
+    return 1.0
+
+
+def _tick(x: str, value: float, names: dict[float, str]) -> str:
+    """A tick's text: the step, the tokens seen ('1.5B'), or the checkpoint's stage and step."""
+    if x == "checkpoint":
+        return names.get(value, "")
+    return f"{value:g}" if x == "step" else _count(value)
+
+
+def _names(xs: list[float], stages: list, steps: list) -> dict[float, str]:
+    """x -> 'stage2 100' (or '100' without a stage): the ticks of the checkpoint axis."""
+    return {
+        x: f"{stage} {step:g}" if stage else f"{step:g}"
+        for x, stage, step in zip(xs, stages, steps, strict=True)
+    }
+
+
+def _x_axis(axis, x: str, xs: list[float], names: dict[float, str] | None = None) -> None:
+    """Symlog x for steps and tokens: linear on [0, linthresh] (half a decade wide),
+    logarithmic above, so the first checkpoint (step 0) is drawn where it is (``_linthresh``).
+    Ticks at 0 and every decade. For x = checkpoint (the index in training order, where steps
+    restart): linear, at most 12 ticks, each naming the checkpoint's stage and step."""
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
-    positive = [v for v in xs if v and v > 0]
-    linthresh = 1.0
-    if x != "step" and positive:
-        linthresh = 10.0 ** math.floor(math.log10(min(positive)))
+    if x == "checkpoint":
+        names = names or {}
+        at = sorted(set(xs))
+        every = max(1, math.ceil(len(at) / 12))
+        axis.xaxis.set_major_locator(FixedLocator(at[::every]))
+        axis.xaxis.set_minor_locator(FixedLocator(at))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(x, v, names)))
+        axis.tick_params(axis="x", labelrotation=40)
+        axis.set_xlabel("checkpoint in training order: stage, step (evenly spaced)")
+        return
+    linthresh = _linthresh(x, xs)
     axis.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
-    top = max(positive, default=linthresh)
+    top = max((v for v in xs if v and v > 0), default=linthresh)
     decades = [linthresh * 10.0**k for k in range(math.ceil(math.log10(top / linthresh)) + 1)]
     axis.xaxis.set_major_locator(FixedLocator([0.0, *decades]))
     axis.xaxis.set_minor_locator(FixedLocator([d * k for d in decades for k in range(2, 10)]))
-    label = (lambda v, _: f"{v:g}") if x == "step" else (lambda v, _: _count(v))
-    axis.xaxis.set_major_formatter(FuncFormatter(label))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(x, v, {})))
     axis.set_xlabel(
         "training step (symlog: linear on [0, 1], log above)"
         if x == "step"
@@ -635,9 +824,9 @@ def _x_axis(axis, x: str, xs: list[float]) -> None:
     )
 
 
-def _style(models: list[dict]) -> dict[tuple[str, str], dict]:
-    """Colour by size (by model where sizes do not tell the models apart), line style by
-    seed and variant."""
+def _style(models: list[dict]) -> dict[tuple, dict]:
+    """Per ``_key``: colour by size (by model where sizes do not tell the models apart), line
+    style by seed and variant."""
     groups = sorted({m["size"] or m["model"] for m in models}, key=size_key)
     by_size = len(groups) > 1 or len(models) == 1
 
@@ -650,7 +839,7 @@ def _style(models: list[dict]) -> dict[tuple[str, str], dict]:
     style = {}
     for m in models:
         dash = seeds.index(m["seed"] or 0) + (variants.index(m["variant"]) if by_size else 0)
-        style[(m["model"], m["variant"])] = {
+        style[_key(m)] = {
             "color": PALETTE[colours.index(colour_key(m)) % len(PALETTE)],
             "linestyle": LINESTYLES[dash % len(LINESTYLES)],
         }
@@ -661,24 +850,28 @@ def line_figure(series: pl.DataFrame, analysis: str, metric: str, x: str) -> Fig
     part = series.filter((pl.col("analysis") == analysis) & (pl.col("metric") == metric))
     per_layer = part["layer"].is_not_null().any()
     models = _models(part)
-    style = _style(models)
+    style, labels = _style(models), _labels(models)
     lines = []
     for m in models:
-        line = part.filter((pl.col("model") == m["model"]) & (pl.col("variant") == m["variant"]))
+        line = _of(part, m)  # one row per checkpoint, in training order (line_series)
         layer = line["layer"][0]
-        label = _label(m["model"], m["variant"])
+        tied_head = line["tied_head"].max()
+        label = labels[_key(m)] + _tied(analysis, tied_head)
         if layer is not None:
             label += f" (layer {layer})"
         lines.append(
             {
                 "model": m["model"],
+                "seed": m["seed"],
                 "variant": m["variant"],
                 "label": label,
                 "layer": layer,
+                "tied_head": tied_head,
                 "x": line["x"].to_list(),
                 "steps": line["step"].to_list(),
+                "stages": [stage or None for stage in line["stage"]],
                 "y": [_finite(v) for v in line["value"]],
-                "style": style[(m["model"], m["variant"])],
+                "style": style[_key(m)],
             }
         )
     named = NAMED.get((analysis, metric))
@@ -689,10 +882,12 @@ def line_figure(series: pl.DataFrame, analysis: str, metric: str, x: str) -> Fig
 
     def draw(fig) -> None:
         axis = fig.add_subplot()
+        names = {}
         for line in lines:
             ys = [math.nan if v is None else v for v in line["y"]]
             axis.plot(line["x"], ys, marker=".", label=line["label"], **line["style"])
-        _x_axis(axis, x, [v for line in lines for v in line["x"]])
+            names |= _names(line["x"], line["stages"], line["steps"])
+        _x_axis(axis, x, [v for line in lines for v in line["x"]], names)
         axis.set_ylabel(ylabel)
         axis.set_title(title)
         axis.legend(title="model", loc="best")
@@ -711,6 +906,11 @@ def heatmap_figure(rows: pl.DataFrame, analysis: str, metric: str, x: str) -> Fi
     title = f"{_metric_title(analysis, metric)} per layer over training"
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
+    xlabel = {
+        "step": "checkpoint (training step)",
+        "tokens": "tokens seen",
+        "checkpoint": "checkpoint: stage, step",
+    }[x]
 
     def draw(fig) -> None:
         import numpy as np
@@ -730,13 +930,14 @@ def heatmap_figure(rows: pl.DataFrame, analysis: str, metric: str, x: str) -> Fi
                 vmax=vmax,
                 interpolation="nearest",
             )
-            labels = [f"{s:g}" if x == "step" else _count(s) for s in panel["x"]]
+            names = _names(panel["x"], panel["stages"], panel["steps"])
+            labels = [_tick(x, v, names) for v in panel["x"]]
             every = max(1, math.ceil(len(labels) / 10))
             ticks = list(range(0, len(labels), every))
             axis.set_xticks(ticks, [labels[i] for i in ticks], rotation=45, ha="right")
             axis.set_yticks(range(len(panel["layers"])), [str(v) for v in panel["layers"]])
             axis.set_title(panel["label"])
-            axis.set_xlabel("checkpoint (training step)" if x == "step" else "tokens seen")
+            axis.set_xlabel(xlabel)
             axis.set_ylabel("layer (0 = embeddings)")
             axis.grid(False)
         for axis in list(axes.flat)[len(panels) :]:
@@ -756,26 +957,34 @@ def icl_figures(table: pl.DataFrame, x: str) -> list[Figure]:
     figures = []
     if table.height == 0:
         return figures
-    for m in _models(table):
-        part = table.filter((pl.col("model") == m["model"]) & (pl.col("variant") == m["variant"]))
-        steps = pick_steps(part["x"].to_list())
+    models = _models(table)
+    labels = _labels(models)
+    for m in models:
+        part = _of(table, m)
+        # A few checkpoints spread over training order: (stage rank, stage, step) tuples.
+        steps = pick_steps(part.select(ORDER).rows())
         tasks = sorted(part["task"].unique().to_list())
         panels = []
         for task in tasks:
-            rows = part.filter((pl.col("task") == task) & pl.col("x").is_in(steps))
+            rows = part.filter(pl.col("task") == task)
             lines = []
-            for step in steps:
-                line = rows.filter(pl.col("x") == step).sort("shots")
+            for order, (_, stage, step) in enumerate(steps):
+                line = rows.filter((pl.col("stage") == stage) & (pl.col("step") == step))
+                line = line.sort("shots")
                 if line.height:
                     lines.append(
                         {
-                            "x": step,
-                            "step": line["step"][0],
+                            "x": line["x"][0],
+                            "step": step,
+                            "stage": stage or None,
+                            "order": order,  # among the drawn checkpoints: the colour
                             "shots": line["shots"].to_list(),
                             "accuracy": [_finite(v) for v in line["accuracy"]],
                             "seeds": line["seeds"].to_list(),
                         }
                     )
+            picked = pl.DataFrame(steps, schema={c: part.schema[c] for c in ORDER}, orient="row")
+            rows = rows.join(picked, on=ORDER)  # the bag-of-words and chance of those drawn
             bow = (
                 rows.filter(pl.col("bow").is_not_null())
                 .group_by("shots")
@@ -791,7 +1000,7 @@ def icl_figures(table: pl.DataFrame, x: str) -> list[Figure]:
                     "lines": lines,
                 }
             )
-        label = _label(m["model"], m["variant"])
+        label = labels[_key(m)]
         title = f"ICL accuracy vs demonstrations: {label} (mean over task seeds)"
         ncols = len(panels) if len(panels) <= 3 else (2 if len(panels) == 4 else 3)
         nrows = math.ceil(len(panels) / ncols)
@@ -801,14 +1010,15 @@ def icl_figures(table: pl.DataFrame, x: str) -> list[Figure]:
             from matplotlib.ticker import FixedLocator, FuncFormatter
 
             cmap = colormaps["viridis"]
-            colour = {s: cmap(0.85 * i / max(1, len(steps) - 1)) for i, s in enumerate(steps)}
+            colour = [cmap(0.85 * i / max(1, len(steps) - 1)) for i in range(len(steps))]
             axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
             for i, (axis, panel) in enumerate(zip(axes.flat, panels, strict=False)):
                 shots = sorted({k for line in panel["lines"] for k in line["shots"]})
                 for line in panel["lines"]:
                     ys = [math.nan if v is None else v for v in line["accuracy"]]
                     axis.plot(line["shots"], ys, marker="o", markersize=3,
-                              color=colour[line["x"]], label=f"step {line['step']:g}")  # fmt: skip
+                              color=colour[line["order"]],
+                              label=checkpoint_name(line["stage"], line["step"]))  # fmt: skip
                 if panel["bow"]["shots"]:
                     axis.plot(panel["bow"]["shots"], panel["bow"]["accuracy"], color="#555555",
                               linestyle="--", marker="x", markersize=4,
@@ -830,7 +1040,8 @@ def icl_figures(table: pl.DataFrame, x: str) -> list[Figure]:
             fig.legend(handles, labels, loc="outside right center")
             fig.suptitle(title)
 
-        data = {"model": m["model"], "variant": m["variant"], "x": x, "panels": panels}
+        data = {"model": m["model"], "seed": m["seed"], "variant": m["variant"], "x": x,
+                "panels": panels}  # fmt: skip
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
         size = (3.6 * ncols + 1.8, 3.0 * nrows + 0.7)
         figures.append(Figure(f"icl__{slug}", title, "In-context learning", data, draw, size))
@@ -869,25 +1080,35 @@ def _diverging():
     return cmap.with_extremes(bad="#DDDDDD")  # bad: no entry
 
 
-def _step_norm(steps: list[float]):
-    """Step colours on the x axes' symlog scale: early checkpoints are told apart too."""
-    from matplotlib.colors import SymLogNorm
+def _order_norm(xs: list[float], x: str):
+    """Colours for training order, on the report's x axis: symlog for steps and tokens (early
+    checkpoints are told apart too), linear for the checkpoint index."""
+    from matplotlib.colors import Normalize, SymLogNorm
 
-    return SymLogNorm(linthresh=1, linscale=0.5, vmin=min(steps), vmax=max(max(steps), 1))
-
-
-def _step_colorbar(fig, image, axes) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    bar = fig.colorbar(image, ax=axes, label="training step", shrink=0.8)
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if x == "checkpoint":
+        return Normalize(vmin=min(xs), vmax=max(max(xs), min(xs) + 1))
+    linthresh = _linthresh(x, xs)
+    return SymLogNorm(linthresh=linthresh, linscale=0.5, vmin=min(xs),
+                      vmax=max(max(xs), linthresh))  # fmt: skip
 
 
-def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]:
+def _order_colorbar(fig, image, axes, x: str, names: dict[float, str]) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    bar = fig.colorbar(image, ax=axes, label=X_LABELS[x], shrink=0.8)
+    if x == "checkpoint":
+        at = sorted(names)
+        bar.ax.yaxis.set_major_locator(FixedLocator(at[:: max(1, math.ceil(len(at) / 12))]))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(x, v, names)))
+
+
+def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame, x: str = "step") -> list[Figure]:
     """Per model: a heatmap of rho (the TABLE_ROWS metrics with the largest max |rho| x every
     task accuracy; the HTML table is its data) and scatter plots of the SCATTER_PAIRS
     strongest pairs, at most one per (metric, task accuracy) whatever the layer, and none
-    whose metric ranks the checkpoints as a drawn one does against the same accuracy."""
+    whose metric ranks the checkpoints as a drawn one does against the same accuracy. Points
+    are coloured by training order on the report's axis ``x`` (the ``x`` column of ``rows``,
+    else the step)."""
     figures: list[Figure] = []
     if table.height == 0:
         return figures
@@ -971,22 +1192,23 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
             family = (r["metric"], r["input_set"], r["task"], r["capability_metric"], r["shots"])
             if family in seen:
                 continue
-            x = metrics.filter(
+            xs = metrics.filter(
                 (pl.col("model") == model)
                 & pl.all_horizontal(pl.col(k).eq_missing(r[k]) for k in ["metric", "layer"])
                 & (pl.col("input_set") == (r["input_set"] or ""))
             )
-            y = capabilities.filter(
+            ys = capabilities.filter(
                 (pl.col("model") == model)
                 & pl.all_horizontal(pl.col(k).eq_missing(r[k]) for k in task_keys)
             )
-            points = x.join(y, on="step", suffix="_y").sort("step")
+            points = _pairs(xs, ys, CHECKPOINT).sort("seed", *ORDER, nulls_last=True)
             # A metric that is a monotone map of one already drawn against this accuracy
             # (effective rank = exp(spectral entropy), ...) has the same ranks, the same or the
             # mirrored order: the same panel again.
             ranks = tuple(points["value"].rank("average").to_list())
             mirrored = tuple(len(ranks) + 1 - v for v in ranks)
-            against = (r["task"], r["capability_metric"], r["shots"], tuple(points["step"]))
+            checkpoints = tuple(points.select(CHECKPOINT).rows())
+            against = (r["task"], r["capability_metric"], r["shots"], checkpoints)
             if {(against, ranks), (against, mirrored)} & drawn:
                 continue  # another layer of this metric may still be a panel of its own
             seen.add(family)
@@ -998,6 +1220,9 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
                     "metric_label": _metric_label(r["metric"], r["layer"], r["input_set"], sets),
                     "task_label": _task_label(*task, r["shots"], task in several),
                     "steps": points["step"].to_list(),
+                    "stages": [stage or None for stage in points["stage"]],
+                    "seeds": points["seed"].to_list(),
+                    "checkpoint_x": points["x"].to_list(),  # on the report's axis: the colour
                     "x": points["value"].to_list(),
                     "y": points["value_y"].to_list(),
                 }
@@ -1012,23 +1237,25 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
             import textwrap
 
             axes = fig.subplots(nrows, ncols, squeeze=False)
-            norm = _step_norm([s for p in panels for s in p["steps"]])
+            norm = _order_norm([v for p in panels for v in p["checkpoint_x"]], x)
+            names = {}
             image = None
             for axis, panel in zip(axes.flat, panels, strict=False):
+                names |= _names(panel["checkpoint_x"], panel["stages"], panel["steps"])
                 axis.plot(panel["x"], panel["y"], color="#999999", linewidth=0.8, zorder=1)
-                image = axis.scatter(panel["x"], panel["y"], c=panel["steps"], cmap="viridis",
-                                     norm=norm, s=28, edgecolors="black", linewidths=0.3,
-                                     zorder=2)  # fmt: skip
+                image = axis.scatter(panel["x"], panel["y"], c=panel["checkpoint_x"],
+                                     cmap="viridis", norm=norm, s=28, edgecolors="black",
+                                     linewidths=0.3, zorder=2)  # fmt: skip
                 axis.set_xlabel(textwrap.fill(panel["metric_label"], 45))
                 axis.set_ylabel(textwrap.fill(panel["task_label"], 40))
                 axis.set_title(f"ρ = {panel['rho']:+.2f} over {panel['n_steps']} checkpoints")
             for axis in list(axes.flat)[len(panels) :]:
                 axis.set_visible(False)
-            fig.suptitle(title + " (points in step order)")
+            fig.suptitle(title + " (points joined in training order)")
             if image is not None:
-                _step_colorbar(fig, image, axes.ravel().tolist())
+                _order_colorbar(fig, image, axes.ravel().tolist(), x, names)
 
-        scatter = {"kind": "correlation_scatter", "model": model, "panels": picked}
+        scatter = {"kind": "correlation_scatter", "model": model, "x": x, "panels": picked}
         name, size = f"correlation_scatter__{_slug(label)}", (4.2 * ncols + 1.2, 3.6 * nrows + 0.6)
         figures.append(
             Figure(name, scatter_title, CORRELATION_SECTION, scatter, draw_scatter, size)
@@ -1036,31 +1263,53 @@ def correlation_figures(table: pl.DataFrame, rows: pl.DataFrame) -> list[Figure]
     return figures
 
 
-def linearity_cost_figures(frame: pl.DataFrame, models: list[str] | None = None) -> list[Figure]:
-    """Per (model, input set): a block's linearity against what removing it costs (skipped;
-    replaced by its fitted linear map), one point per (block, step), coloured by step, each
-    block's points joined in step order and labelled at the last step."""
+def linearity_cost_figures(
+    frame: pl.DataFrame, models: list[str] | None = None, x: str = "step"
+) -> list[Figure]:
+    """Per (model, input set, dtype, seed): a block's linearity against what removing it
+    costs (skipped; replaced by its fitted linear map), one point per (block, checkpoint),
+    coloured by training order on the report's axis ``x``, each block's points joined in
+    training order and labelled at the last checkpoint. ``frame``: ``linearity_cost``."""
     figures: list[Figure] = []
     if frame.height == 0:
         return figures
     sets = frame["input_set"].drop_nulls().n_unique() > 1
-    groups = frame.select("model", "input_set").unique().rows()
+    dtypes = frame["dtype"].n_unique() > 1
+    seeds = frame.group_by("model").agg(pl.col("seed").n_unique() > 1).filter(pl.col("seed"))
+    seeded = set(seeds["model"])
+    groups = frame.select("model", "input_set", "dtype", "seed").unique().rows()
     order = {m: i for i, m in enumerate(models or dict.fromkeys(frame["model"]))}
-    for model, input_set in sorted(groups, key=lambda g: (order.get(g[0], 0), g[0], g[1] or "")):
-        part = frame.filter((pl.col("model") == model) & pl.col("input_set").eq_missing(input_set))
+
+    def rank(group: tuple) -> tuple:
+        model, input_set, dtype, seed = group
+        return (order.get(model, 0), model, input_set or "", dtype or "", seed or 0)
+
+    for model, input_set, dtype, seed in sorted(groups, key=rank):
+        part = frame.filter(
+            (pl.col("model") == model)
+            & pl.col("input_set").eq_missing(input_set)
+            & pl.col("dtype").eq_missing(dtype)
+            & pl.col("seed").eq_missing(seed)
+        )
         blocks = []
         for block in sorted(set(part["block"])):
-            line = part.filter(pl.col("block") == block).sort("step")
+            line = part.filter(pl.col("block") == block)  # in training order (linearity_cost)
             blocks.append(
-                {"block": block, **{k: line[k].to_list() for k in
-                 ("step", "linearity", "removal_cost", "linear_cost")}}
+                {"block": block, "stage": [stage or None for stage in line["stage"]],
+                 **{k: line[k].to_list() for k in
+                    ("step", "x", "linearity", "removal_cost", "linear_cost")}}
             )  # fmt: skip
-        label = model.rsplit("/", 1)[-1] + (f" [{input_set}]" if sets and input_set else "")
+        label = model.rsplit("/", 1)[-1] + (f" seed {seed}" if model in seeded else "")
+        label += f" [{input_set}]" if sets and input_set else ""
+        label += f" [{dtype}]" if dtypes else ""
         title = f"Block linearity vs removal cost over training: {label}"
 
         def draw(fig, blocks=blocks, title=title) -> None:
             axes = fig.subplots(1, 2, squeeze=False, sharex=True)[0]
-            norm = _step_norm([s for b in blocks for s in b["step"]])
+            norm = _order_norm([v for b in blocks for v in b["x"]], x)
+            names = {}
+            for b in blocks:
+                names |= _names(b["x"], b["stage"], b["step"])
             panels = (
                 ("removal_cost", "block skipped (identity)"),
                 ("linear_cost", "block replaced by its fitted linear map"),
@@ -1070,10 +1319,10 @@ def linearity_cost_figures(frame: pl.DataFrame, models: list[str] | None = None)
                 for b in blocks:
                     ys = [math.nan if v is None else v for v in b[cost]]
                     axis.plot(b["linearity"], ys, color="#999999", linewidth=0.8, zorder=1)
-                    image = axis.scatter(b["linearity"], ys, c=b["step"], cmap="viridis",
+                    image = axis.scatter(b["linearity"], ys, c=b["x"], cmap="viridis",
                                          norm=norm, s=24, edgecolors="black", linewidths=0.3,
                                          zorder=2)  # fmt: skip
-                    last = (b["linearity"][-1], ys[-1])  # label the block at its last step
+                    last = (b["linearity"][-1], ys[-1])  # label the block at its last checkpoint
                     axis.annotate(f"block {b['block']}", last, xytext=(4, 2),
                                   textcoords="offset points", fontsize=7)  # fmt: skip
                 axis.axhline(0, color="black", linewidth=0.6)
@@ -1082,9 +1331,10 @@ def linearity_cost_figures(frame: pl.DataFrame, models: list[str] | None = None)
                 axis.set_title(what)
             fig.suptitle(title)
             if image is not None:
-                _step_colorbar(fig, image, list(axes))
+                _order_colorbar(fig, image, list(axes), x, names)
 
-        data = {"model": model, "input_set": input_set, "blocks": blocks}
+        data = {"model": model, "seed": seed, "input_set": input_set, "dtype": dtype, "x": x,
+                "blocks": blocks}  # fmt: skip
         name = f"linearity_cost__{_slug(label)}"
         figures.append(Figure(name, title, "Linearity vs removal cost", data, draw, (10.0, 4.2)))
     return figures
@@ -1241,7 +1491,7 @@ def build_report(store: ResultStore, selection: Selection, x: str = "step") -> R
         report.notes.append("no rows selected: nothing to draw")
         return report
     try:
-        rows, report.x = with_x(store, rows, x, report.notes)
+        rows, report.x = with_x(rows, x, report.notes)
     except Exception as err:
         report.notes.append(f"x = {x}: not available ({_one_line(err)}), x = step")
         rows = rows.with_columns(pl.col("step").cast(pl.Float64).alias("x"))
@@ -1282,7 +1532,7 @@ def build_report(store: ResultStore, selection: Selection, x: str = "step") -> R
     attempt("ICL", lambda: icl_figures(icl_table(rows), report.x))
     attempt(
         "linearity vs removal cost",
-        lambda: linearity_cost_figures(linearity_cost(rows), _model_order(rows)),
+        lambda: linearity_cost_figures(linearity_cost(rows), _model_order(rows), report.x),
     )
     try:
         if capability_series(rows).height:
@@ -1295,7 +1545,7 @@ def build_report(store: ResultStore, selection: Selection, x: str = "step") -> R
     except Exception as err:
         report.notes.append(f"correlations: not computed ({_one_line(err)})")
     if report.correlations is not None:
-        attempt("correlations", lambda: correlation_figures(report.correlations, rows))
+        attempt("correlations", lambda: correlation_figures(report.correlations, rows, report.x))
     skipped = sorted(set(rows.filter(pl.col("metric").is_in(list(BOOKKEEPING)))["metric"]))
     if skipped:
         report.notes.append("bookkeeping counts not drawn: " + ", ".join(skipped))
@@ -1335,7 +1585,8 @@ def render_report(
     plotted numbers) and ``index.html`` (self-contained) into ``out``; return the files
     written (PNGs, SVGs, correlations.csv where there are task accuracies, figures.json,
     index.html). ``x="tokens"`` plots against the
-    checkpoints' ``tokens_seen`` where that column exists (else the step, with a note).
+    checkpoints' ``tokens_seen`` where every checkpoint has it (else the step, with a note);
+    where steps restart in a later stage, x is never the step (``with_x``).
     Files an earlier report wrote into ``out`` and this one did not are removed."""
     import io
 

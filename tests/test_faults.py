@@ -177,6 +177,17 @@ def snapshot(hub: Path, size: str, step: int) -> Path:
 # ----------------------------------------------------------------------------- reference
 
 
+@pytest.fixture
+def sigint_handled():
+    """pytest with a SIGINT handler, restored after: a child started meanwhile has SIGINT at
+    its default (exec resets a caught signal, but an ignored one stays ignored), so Python in
+    it installs its KeyboardInterrupt handler. Without this, pytest started by a
+    non-interactive shell's `cmd &` (SIGINT ignored) starts `ckptlab run` deaf to Ctrl-C."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, pico_hub) -> Path:
     root = tmp_path_factory.mktemp("faults")
@@ -266,12 +277,20 @@ def test_driver_killed_then_resumed(workdir, reference, ckptlab_home, tmp_path, 
     assert_frame_equal(got.drop("cell_key"), reference.drop("cell_key"), rtol=1e-9)
 
 
-def test_ctrl_c_stops_keeps_and_resumes(workdir, reference, ckptlab_home, tmp_path, reliability):
+def test_ctrl_c_stops_keeps_and_resumes(
+    workdir, reference, ckptlab_home, tmp_path, reliability, sigint_handled
+):
     env = env_for(ckptlab_home, tmp_path)
     db = tmp_path / "r.duckdb"
     first = Run(run_args(workdir / "spec.yaml", tmp_path), env, tmp_path)
     first.wait_for_units(3)
     started = first.tree()[1:]
+    # The driver itself takes the Ctrl-C, not only the Ray processes of its process group:
+    # its SIGINT is caught (Python's handler), not ignored.
+    caught = re.search(
+        r"SigCgt:\s*([0-9a-f]+)", Path(f"/proc/{first.process.pid}/status").read_text()
+    )
+    assert int(caught.group(1), 16) & 1 << (signal.SIGINT - 1), "the driver ignores SIGINT"
     os.killpg(first.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     interrupted = time.monotonic()
     code = first.wait(timeout=60)

@@ -22,6 +22,17 @@ SHORT_QUERY = "SELECT count(*) FROM range(300000000) a WHERE hash(a.range) % 7 =
 
 
 @pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """SIGINT raises KeyboardInterrupt, whatever the shell that started pytest did: Python
+    installs that handler only when it starts with SIGINT at its default, and a
+    non-interactive shell starts a background job (`bash -c 'make test' &`) with SIGINT
+    ignored. Restored after each test."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(autouse=True)
 def one_duckdb_thread(monkeypatch):
     connect = duckdb.connect
 

@@ -67,6 +67,7 @@ LM_EVAL = {
     ("short_task", 0, "acc"): [0.3, None, None, None, None, 0.6],
 }
 KEYS = CORRELATION_COLUMNS[:7]  # model, metric, layer, input_set, task, capability_metric, shots
+DTYPE = "float32"  # the run's cells' (resources.dtype's default)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,8 @@ def db(tmp_path_factory, pico_hub):
         store.write_unit(
             "lmeval-rows",
             CheckpointRow(c["model"], c["revision"], c["step"], c["commit_sha"], "pico", "xs", 0),
-            [CellRow(key, c["commit_sha"], "lm_eval", 1, "{}", "lmeval", None, "cpu", "fp32", 0.0)],
+            # float32, as the run's cells: a second dtype would be a series of its own.
+            [CellRow(key, c["commit_sha"], "lm_eval", 1, "{}", "lmeval", None, "cpu", DTYPE, 0.0)],
             metrics,
             [],
         )
@@ -222,8 +224,13 @@ def test_linearity_against_removal_cost_is_the_join_of_the_stored_rows(db):
     store = ResultStore(db)
     frame = linearity_cost(store.query("SELECT * FROM results"))
     assert frame.columns == [
-        "model", "input_set", "step", "block", "linearity", "removal_cost", "linear_cost"
+        "model", "input_set", "dtype", "seed", "stage", "step", "x", "block", "linearity",
+        "removal_cost", "linear_cost",
     ]  # fmt: skip
+    assert frame["x"].to_list() == [float(s) for s in frame["step"]]  # single-stage: x = step
+    frame = frame.select(
+        "model", "input_set", "step", "block", "linearity", "removal_cost", "linear_cost"
+    )
     rows = store.query(
         "SELECT model, input_set, step, layer, metric, value FROM results"
         " WHERE analysis IN ('linearity', 'block_ablation') AND item IS NULL"
