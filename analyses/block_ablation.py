@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ckptlab import architectures
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
 
@@ -19,13 +20,9 @@ class BlockAblationParams(BaseModel):
 
 
 def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The model's list of blocks (GPT-NeoX and Llama: ``layers``; GPT-2: ``h``)."""
-    base = model.base_model
-    for name in ("layers", "h", "blocks"):
-        blocks = getattr(base, name, None)
-        if isinstance(blocks, torch.nn.ModuleList):
-            return blocks
-    raise ValueError(f"no list of blocks found in {type(base).__name__}")
+    """The model's list of blocks, from the architecture table (ckptlab/architectures.py);
+    a family without a row raises its one-line reason."""
+    return architectures.blocks(model)
 
 
 def _replaced(output, hidden: torch.Tensor):
@@ -33,6 +30,12 @@ def _replaced(output, hidden: torch.Tensor):
     if isinstance(output, tuple):
         return (hidden, *output[1:])
     return hidden
+
+
+def _block_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a block was called with (positional in every family of the table;
+    by name in case a family passes them so)."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 @torch.inference_mode()
@@ -113,17 +116,17 @@ class BlockAblation(Reducer[BlockAblationParams]):
         for k, block in enumerate(blocks):
             weights = self.fitted_map(k)
 
-            def skip(module, args, output):
-                return _replaced(output, args[0])
+            def skip(module, args, kwargs, output):
+                return _replaced(output, _block_input(args, kwargs))
 
-            def linear(module, args, output, weights=weights):
-                x = args[0]
+            def linear(module, args, kwargs, output, weights=weights):
+                x = _block_input(args, kwargs)
                 ones = torch.ones(*x.shape[:-1], 1, dtype=torch.float64, device=x.device)
                 y = torch.cat([x.double(), ones], dim=-1) @ weights
                 return _replaced(output, y.to(x.dtype))
 
             for metric, hook in (("cross_entropy_skip", skip), ("cross_entropy_linear", linear)):
-                handle = block.register_forward_hook(hook)
+                handle = block.register_forward_hook(hook, with_kwargs=True)
                 try:
                     value = cross_entropy(model, tokens, self.params.batch_size)
                 finally:

@@ -7,21 +7,45 @@ does not change during the pass (the LM head, the embeddings, the model itself, 
 input set's token ids, a reference checkpoint's sketch) is the ``CheckpointContext`` an
 analysis gets when it starts.
 
-Layer k always means ``hidden_states[k]`` as transformers returns it: 0 = token embeddings,
-L = the last block's output AFTER the final norm (GPT-NeoX, Llama and GPT-2 all apply it
-there). The last block's output BEFORE the final norm is ``pre_final_norm``.
+Layer k always means ``hidden_states[k]`` as transformers returns it: L = the last block's
+output AFTER the final norm (every family in the architecture table applies it there), and
+the last block's output BEFORE the final norm is ``pre_final_norm``. Layer 0 is what the first
+block reads, which is not the same thing in every family (``ckptlab/architectures.py``
+has the table, checked against the models by ``tests/test_architectures.py``):
+
+    rotary families (GPT-NeoX, Llama, Mistral, Qwen, OLMo, OLMoE, SmolLM3, Cohere, ...):
+                      the token embedding E[x] only
+    GPT-2:            E[x] + P[t], learned absolute positions added
+    BLOOM:            LayerNorm(E[x]) (word_embeddings_layernorm; positions are ALiBi biases)
+    Granite:          E[x] * config.embedding_multiplier
+    Gemma (1, 2, 3):  E[x] * sqrt(d_model)
+
+so layer-0 values compare like with like only within a family.
+
+Logits: ``token_nll`` is read from the model's own logits (whatever it does after the head:
+Granite divides, Cohere multiplies, Gemma 2 soft-caps). ``readout_logits`` rebuilds them from a
+hidden state with the final norm, the head and the family's post-processing, and the pass
+checks it against the model's own logits on its first batch; what a checkpoint cannot give
+(that check failed, a family without a table row, a mixture of experts' neurons) is in
+``CheckpointContext.unavailable``, and the analyses that need it fail their own cells.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 class MissingCapture(RuntimeError):
     pass
+
+
+class Unavailable(RuntimeError):
+    """This checkpoint cannot give what an analysis needs (the reason is one line)."""
 
 
 def _require(holder, field: str):
@@ -72,18 +96,39 @@ class CheckpointContext:
     input_embedding_weight: torch.Tensor | None = None  # [d_vocab_padded, d_model]
     tokenizer_vocab_size: int | None = None  # len(tokenizer); rows beyond it are padding
     final_norm: torch.nn.Module | None = None  # READOUT: applied before the head
+    # READOUT: what the family does to head(h) (Granite divides, ...); None: nothing.
+    logit_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     reference: ReferenceSketch | None = None  # REFERENCE: set per cell by the worker
     model: torch.nn.Module | None = None  # MODEL: the causal LM itself, in eval mode
     tokenizer: object | None = None  # MODEL: its tokenizer (a transformers tokenizer)
+    model_type: str | None = None  # the config's model_type (the architecture table's key)
+    # What this checkpoint cannot give: made with the context, added to by the pass.
+    unavailable: dict[str, str] = field(default_factory=dict)  # need -> why, one line
+
+    def refusal(self, needs) -> str | None:
+        """Why an analysis with these needs cannot run here, or None."""
+        for need in sorted(needs):
+            if need in self.unavailable:
+                return self.unavailable[need]
+        return None
 
     def readout_logits(self, hidden: torch.Tensor, normed: bool = False) -> torch.Tensor:
-        """Logits [..., vocab] in float32 of hidden states [..., d_model] read through the final
-        norm (unless ``normed``: hidden_states[L] already went through it) and the LM head."""
+        """Logits [..., vocab] in float32 of hidden states [..., d_model] read out as the model
+        reads its last one: the final norm (unless ``normed``: hidden_states[L] already went
+        through it), the LM head, then the family's post-processing of the head's output."""
+        if "readout" in self.unavailable:
+            raise Unavailable(self.unavailable["readout"])
         weight = self.require("lm_head_weight")
         hidden = hidden.to(weight.device)  # a model spread over GPUs keeps layers apart
         if not normed:
             hidden = self.require("final_norm")(hidden)
-        return (hidden @ weight.T).float()
+        return self.finish_logits(F.linear(hidden, weight))
+
+    def finish_logits(self, head_output: torch.Tensor) -> torch.Tensor:
+        """head(h) [..., vocab] -> the model's logits, in float32: the family's post-processing
+        (``logit_transform``) after the cast, so a bfloat16 head is not rounded twice."""
+        logits = head_output.float()
+        return logits if self.logit_transform is None else self.logit_transform(logits)
 
     def require(self, field: str):
         return _require(self, field)
@@ -105,6 +150,8 @@ class Batch:
     pre_final_norm: torch.Tensor | None = None  # [b, pos, d_model]
     mlp_activations: tuple[torch.Tensor, ...] | None = None  # L x [b, pos, d_mlp], block 1..L
     token_nll: torch.Tensor | None = None  # [b, pos - 1], float32, nats
+    # What the pass cannot give, as found so far (the first batch's readout self-check):
+    unavailable: dict[str, str] | None = None  # need -> one line; the runner fails its cells
 
     @property
     def positions(self) -> torch.Tensor:

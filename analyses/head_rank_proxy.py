@@ -29,7 +29,11 @@ class HeadRankProxy(Reducer[HeadRankParams]):
     language models underperform?"), which were trained on frozen features.
 
         W = U S V^T (SVD, float64),  W_r = U_r S_r V_r^T  (Eckart-Young best rank r)
-        CE_r = mean_t -ln softmax(W_r h_t)[x_{t+1}],   h = hidden_states[L] (after final norm)
+        CE_r = mean_t -ln softmax(post(W_r h_t))[x_{t+1}],  h = hidden_states[L] (after the norm)
+
+    post = what the model's family does to the head's output before calling it logits
+    (Granite divides by logits_scaling, Cohere multiplies by logit_scale, Gemma 2 soft-caps;
+    see ckptlab/architectures.py), so CE_full is the model's own cross-entropy.
 
     Metric ``cross_entropy_rank_<r>`` for each requested r (capped at min(V, d), where W_r = W)
     and ``cross_entropy_full_rank``. Logits are computed as (h V_r S_r) U_r^T, [tokens, r] then
@@ -51,7 +55,12 @@ class HeadRankProxy(Reducer[HeadRankParams]):
         hidden = batch.require("hidden_states")[-1]  # [b, pos, d_model], normed
         for r, (down, up) in self.factors.items():
             down, up = down.to(hidden.dtype), up.to(hidden.dtype)
-            self.ranked[r].add(hidden, batch.input_ids, lambda s, down=down, up=up: s @ down @ up)
+            self.ranked[r].add(
+                hidden,
+                batch.input_ids,
+                # the family's post-processing of the head's output (Granite's scaling, ...)
+                lambda s, down=down, up=up: self.context.finish_logits(s @ down @ up),
+            )
         self.full.add(hidden, batch.input_ids, lambda s: self.context.readout_logits(s, True))
 
     def finalize(self) -> list[MetricValue]:

@@ -12,10 +12,14 @@ class LogitLens(Reducer[NoParams]):
     """Logit-lens cross-entropy per layer (nostalgebraist 2020, "interpreting GPT: the logit
     lens"; Belrose et al. 2023 for its failure modes).
 
-        CE_k = mean_t -ln softmax(W_U norm(h^k_t))[x_{t+1}],   h^k = hidden_states[k]
+        CE_k = mean_t -ln softmax(post(W_U norm(h^k_t)))[x_{t+1}],   h^k = hidden_states[k]
 
-    for k = 0..L-1 through the model's own final norm and LM head; at k = L hidden_states[L]
-    is already normed, so CE_L is the model's cross-entropy (equal to ``saturation``).
+    for k = 0..L-1 through the model's own final norm and LM head, then ``post``, what the
+    family does to the head's output (Granite divides by logits_scaling, Cohere multiplies by
+    logit_scale, Gemma 2 soft-caps; ckptlab/architectures.py); at k = L hidden_states[L]
+    is already normed, so CE_L is the model's cross-entropy (equal to ``saturation``). The
+    pass checks that readout against the model's own logits on its first batch: where it
+    disagrees the cell fails with the gap, rather than measure a different model.
     Log-softmax in float32, chunked over tokens; state: a float64 sum and count per layer.
     """
 

@@ -140,7 +140,7 @@ def _summary(name: str, values: torch.Tensor, layer: int) -> list[MetricValue]:
 
 @analysis(
     name="neuron_entropy",
-    version=1,
+    version=2,
     needs={Need.MLP_ACTIVATIONS, Need.EMBEDDINGS},
     params=NeuronEntropyParams,
 )
@@ -152,15 +152,31 @@ class NeuronEntropy(Reducer[NeuronEntropyParams]):
         token_entropy_k = -sum_v p_{k,v} ln p_{k,v}        (nats; low = lexically selective)
         semantic_entropy_k = -sum_b q_{k,b} log2 q_{k,b}   (bits; low = semantically coherent)
 
-    a = the MLP's neuron activations (the input of its output projection, so gated MLPs are
-    covered); x_t = the token at position t. q_k = histogram (``bins`` equal bins on [-1, 1])
+    a = the neuron's firing: the output of the MLP's activation function,
+        plain MLP (GPT-NeoX, GPT-2, BLOOM):            a = act(W_in x + b_in)
+        gated MLP (SwiGLU / GeGLU: Llama, OLMo, Qwen,
+        SmolLM, Gemma):                                a = act(W_gate x)
+    where x is the MLP's input; the architecture table (ckptlab/architectures.py) names
+    the activation module of each family. Why not the output projection's input, which is a
+    in a plain MLP but act(W_gate x) * (W_up x) in a gated one: that product is signed by W_up x,
+    and the sign of an up-projection row is arbitrary (negate it and the down-projection's
+    column: the same function), so relu() of it keeps an arbitrary half of the signal. act()'s
+    output has the nonlinearity's own sign (SiLU and GELU are positive where the neuron is
+    "on", bounded below by -0.28 and -0.17), so relu(a) measures the same thing, how strongly
+    and where the neuron fires, in both kinds of MLP, and the two are comparable. The up
+    projection's W_up x then scales what a firing neuron writes, which this metric leaves out.
+    A mixture of experts has no dense neuron vector per token: its cells fail with one line.
+
+    x_t = the token at position t. q_k = histogram (``bins`` equal bins on [-1, 1])
     of cosine similarities between the input embeddings of neuron k's ``top_k`` most activating
     positions, over pairs with positive activation and different tokens. Per layer (layer =
     block index 1..L, the hidden_states index the block writes): mean and 10/50/90% quantiles
     of both, ``dead_neurons`` (no positive activation, excluded), ``neurons``; per-neuron rows
     on request (``per_neuron``). In an MLP whose activation is TopK, the captured vector is the
-    sparse latent code, so its latents are measured the same way when the model uses one of the
-    recognised MLP layouts (not yet tested: no TopK checkpoint is available offline).
+    sparse latent code, so its latents are measured the same way when the family's table row
+    names that module (not yet tested: no TopK checkpoint is available offline). Version 2:
+    the activation function's output (version 1 read the output projection's input, which
+    differs for gated MLPs).
 
     State per block: the activation mass of every neuron on every token type of the input set
     ([types, d_mlp] float64; the types are read from the token ids before the pass) and each

@@ -30,7 +30,7 @@ class Need(StrEnum):
     LM_HEAD = "lm_head"  # the LM head (unembedding) weight
     READOUT = "readout"  # the final norm module + LM head weight: hidden state -> logits
     EMBEDDINGS = "embeddings"  # the input embedding weight [vocab, d_model]
-    MLP_ACTIVATIONS = "mlp_activations"  # each block's MLP neurons: the out-projection's input
+    MLP_ACTIVATIONS = "mlp_activations"  # each block's MLP neurons: its activation's output
     REFERENCE = "reference"  # another checkpoint's sketch (cross-checkpoint analyses)
     MODEL = "model"  # the model and tokenizer, for analyses that run their own prompts (ICL)
 

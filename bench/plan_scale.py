@@ -64,6 +64,8 @@ def lay_out_cache(hub: Path, tokenizer_folder: Path, sizes: list[str]) -> None:
             (storage / "refs" / f"step{step}").write_text(commit)
             snapshot = storage / "snapshots" / commit
             snapshot.mkdir(parents=True)
+            # Planning reads weight files' names and digests, never their tensors: a stand-in.
+            (snapshot / "model.safetensors").write_text(f"pythia-{size} step{step}")
             if i == 0:  # what planning reads: the first checkpoint's config and tokenizer
                 for name in ("tokenizer.json", "tokenizer_config.json"):
                     shutil.copy(tokenizer_folder / name, snapshot / name)
@@ -119,7 +121,7 @@ def run(smoke: bool = False) -> str:
         started = time.perf_counter()
         plan = make_plan(spec, db, hub)
         cold = time.perf_counter() - started
-        unresolved = sum(u.commit is None for u in plan.units)
+        unresolved = sum(u.error is not None for u in plan.units)
 
         # Ingest every cell the way the runner stores a unit: one transaction each.
         store = ResultStore(db)
@@ -204,7 +206,8 @@ def run(smoke: bool = False) -> str:
             f"A hub cache laid out as the hub writes it (refs + snapshot folders) for Pythia "
             f"{', '.join(sizes)} x {len(plan.units) // len(sizes)} revisions of the recorded "
             f"Pythia schedule, {len(ANALYSES)} analyses, one input set; planning reads only "
-            "configs and tokenizers. The DB is then filled as the runner fills it.",
+            "configs, tokenizers and the weight files' names and digests. The DB is then "
+            "filled as the runner fills it.",
             table(["step", "what", "seconds"], rows),
             f"Goal (plan < 2 s and resume check < 2 s): {'met' if holds else 'MISSED'}.",
         ]

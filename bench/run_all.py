@@ -28,6 +28,7 @@ SECTIONS = [  # in the order they appear
     "icl_scoring",
     "kernels",
     "plan_scale",
+    "plan_metadata",
     "streaming_memory",
     "gpu_sweep",
     "lm_eval_share",

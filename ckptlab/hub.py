@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ckptlab.weights import remember_refs, remembered_commit
+
 # Everything but weights: what planning reads (the tokenizer, the config).
 TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.txt", "*.model", "*.tiktoken"]
 SAFE_PATTERNS = [*TOKENIZER_PATTERNS, "*.safetensors"]
@@ -48,24 +50,6 @@ def content_commit_id(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_digest(folder: Path) -> str | None:
-    """A sha256 of a checkpoint's weight files: each file's own sha256 (a hub-cache file is a
-    link to its blob, named by that digest, so nothing is read), combined in name order."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-    if not files:
-        return None
-    combined = hashlib.sha256()
-    for path in files:
-        target = path.resolve()
-        if re.fullmatch(r"[0-9a-f]{64}", target.name):
-            digest = target.name
-        else:
-            with path.open("rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        combined.update(f"{path.name}:{digest}\n".encode())
-    return combined.hexdigest()
-
-
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
@@ -79,10 +63,13 @@ def fetch_snapshot(
     allow_pickle: bool = False,
     weights: bool = True,
     remote_code: bool = False,
+    weight_files: tuple[str, ...] | None = None,
 ) -> tuple[Path, str]:
     """Download (or find in the cache) one revision; returns (folder, resolved commit sha).
     ``weights=False`` fetches only the tokenizer and config files (planning); the repo's
-    ``*.py`` files only with ``remote_code`` (a spec's ``loading.trust_remote_code``)."""
+    ``*.py`` files only with ``remote_code`` (a spec's ``loading.trust_remote_code``).
+    ``weight_files`` (the plan's layout of the revision) names exactly the weight files to
+    fetch: one format, never both a revision's safetensors and its pickles."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import disable_progress_bars
@@ -91,6 +78,8 @@ def fetch_snapshot(
 
     if not weights:
         patterns = TOKENIZER_PATTERNS
+    elif weight_files is not None:
+        patterns = [*TOKENIZER_PATTERNS, *weight_files]
     else:
         patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     if remote_code:
@@ -150,6 +139,7 @@ def resolve_commits(
             reason = f"cannot list revisions: {_short(err)}"
             return {r: CheckpointError(f"{repo}@{r}", reason) for r in revisions}
         known = {ref.name: ref.target_commit for ref in [*refs.branches, *refs.tags]}
+        remember_refs(repo, known)
         return {
             rev: known.get(rev)
             or (rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None)  # a commit id names itself
@@ -157,8 +147,11 @@ def resolve_commits(
             for rev in revisions
         }
     offline = local_only or hub_offline()
+    # The hub cache's refs first; then the hub's last listing, kept by an online plan: a
+    # revision never downloaded (a duplicate a run skipped) still has its commit offline.
     return {
         rev: cached_commit(repo, rev, cache_dir)
+        or remembered_commit(repo, rev)
         or CheckpointError(f"{repo}@{rev}", _not_cached(offline))
         for rev in revisions
     }
@@ -177,30 +170,26 @@ def load_model(
     device: str,
     *,
     trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    allow_pickle: bool = True,
 ):
-    """A checkpoint's model. Safetensors weights only, unless ``allow_pickle``: then a
-    ``pytorch_model.bin`` is read with ``torch.load(weights_only=True)``, which refuses any
-    pickle that would call anything but tensor and container constructors."""
+    """A checkpoint's model, from the layout its folder holds (``ckptlab.weights``):
+    safetensors first; pickled ``.bin`` files (single or sharded) only with ``allow_pickle``,
+    read with ``torch.load(weights_only=True)``, which refuses any pickle that would call
+    anything but tensor and container constructors."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from ckptlab.weights import WeightsError, layout_of_folder
+
     hf_logging.disable_progress_bar()
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        pickles = sorted(p.name for p in folder.glob("*.bin"))
-        if pickles:
-            reason = (
-                f"only pickled weights ({', '.join(pickles)}), refused: unpickling can run "
-                "code; set loading.allow_pickle_weights to load them with weights_only=True"
-            )
-        else:
-            reason = "no safetensors weights in the checkpoint"
-        raise CheckpointError(str(folder), reason)
+    try:
+        layout = layout_of_folder(folder, allow_pickle)
+    except WeightsError as err:
+        raise CheckpointError(str(folder), str(err)) from None
     options = {
         "dtype": DTYPES[dtype],
         "trust_remote_code": trust_remote_code,
-        "use_safetensors": has_safetensors,
+        "use_safetensors": not layout.pickled,
         "weights_only": True,  # a pickle may hold tensors and containers, never a call
     }
     if device == "auto":  # several GPUs for one model: its layers spread across them
@@ -208,7 +197,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **options)
     except pickle.UnpicklingError as err:
-        names = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "a .bin file"
+        names = ", ".join(f.path for f in layout.files)
         raise CheckpointError(str(folder), _refused_pickle(names, err)) from None
     return model.eval() if device == "auto" else model.to(device).eval()
 

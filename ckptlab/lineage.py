@@ -216,8 +216,9 @@ class Lineage:
         self.code = code
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
-        # model -> revision -> (step, tokens seen, commit sha): each child's checkpoints.csv
-        self.commits: dict[str, dict[str, tuple[int, int | None, str]]] = {}
+        # model -> revision -> (step, tokens seen, commit sha, weight format, duplicate of):
+        # each child's checkpoints.csv
+        self.commits: dict[str, dict[str, tuple]] = {}
         self.multi_input = len(spec.input_sets) > 1
         self.pending: str | None = reachable(tracking_uri)  # why lineage is not logged now
 
@@ -272,13 +273,23 @@ class Lineage:
         return self.children[model]
 
     @_guarded
-    def log_checkpoint(self, ref, commit: str, values: list[Value]) -> None:
-        """One checkpoint's values, at ``step`` = its training step, in its model's run."""
+    def log_checkpoint(
+        self,
+        ref,
+        commit: str,
+        values: list[Value],
+        weight_format: str | None = None,
+        duplicate_of: str | None = None,
+    ) -> None:
+        """One checkpoint's values, at ``step`` = its training step, in its model's run; its
+        commit, weight format and twin revision go to the run's checkpoints.csv."""
         from mlflow.entities import Metric
 
         run_id = self.child(ref.model, ref.suite, ref.size, ref.seed)
         tokens = getattr(ref, "tokens_seen", None)
-        self.commits.setdefault(ref.model, {})[ref.revision] = (ref.step, tokens, commit)
+        self.commits.setdefault(ref.model, {})[ref.revision] = (
+            ref.step, tokens, commit, weight_format, duplicate_of
+        )  # fmt: skip
         now = int(time.time() * 1000)
         step = mlflow_step(ref)
         metrics = [
@@ -317,12 +328,16 @@ class Lineage:
         self.client.log_batch(self.parent_id, metrics=summary)
         for model, child in self.children.items():
             rows = sorted(self.commits.get(model, {}).items(), key=lambda item: item[1][0])
-            table = "revision,step,tokens_seen,commit\n" + "".join(
-                f"{revision},{step},{'' if tokens is None else tokens},{commit}\n"
-                for revision, (step, tokens, commit) in rows
+            table = "revision,step,tokens_seen,commit,weight_format,duplicate_of\n" + "".join(
+                f"{revision},{step},{'' if tokens is None else tokens},{commit},"
+                f"{weight_format or ''},{twin or ''}\n"
+                for revision, (step, tokens, commit, weight_format, twin) in rows
             )
             self.client.log_text(child, table, "checkpoints.csv")
             self.client.set_tag(child, "ckptlab.checkpoints", str(len(rows)))
+            formats = sorted({row[3] for _, row in rows if row[3]})
+            if formats:
+                self.client.set_tag(child, "ckptlab.weight_format", ", ".join(formats))
             self.client.set_terminated(child, status)
         # Last: a parent without it was cut short (ckptlab sync replaces such a run).
         self.client.set_tag(self.parent_id, "ckptlab.lineage", "complete")

@@ -577,6 +577,65 @@ class ResultStore:
             ).fetchone()
         return twin[0] if twin else None
 
+    def copy_cells(
+        self,
+        run_id: str,
+        checkpoint: CheckpointRow,
+        duplicate_of: str,
+        pairs: list[tuple[str, str]],
+    ) -> dict[str, list[tuple]]:
+        """A duplicate revision's cells, copied from the cells of the revision whose weights it
+        repeats: ``pairs`` is (new cell key, stored cell key). One transaction: the checkpoint
+        row (flagged ``duplicate_of``), each cell with ``copied_from`` and its metric rows.
+        Returns the copied values per new key (layer, metric, value, task, shots, task_seed),
+        per-item rows left out, as ``persist`` hands them to MLflow; a pair whose source
+        is not stored is not in it."""
+        frame = pl.DataFrame(
+            {"cell_key": [new for new, _ in pairs], "source": [old for _, old in pairs]},
+            schema={"cell_key": pl.String, "source": pl.String},
+        )
+        with self.transaction() as con:
+            con.execute("UPDATE runs SET heartbeat_at = now() WHERE run_id = ?", [run_id])
+            con.execute(
+                "INSERT INTO checkpoints (model, revision, step, commit_sha, suite, size, seed,"
+                " first_seen, weights_sha256, tokens_seen, stage, weight_format, duplicate_of)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET duplicate_of = excluded.duplicate_of",
+                [checkpoint.model, checkpoint.revision, checkpoint.step, checkpoint.commit_sha,
+                 checkpoint.suite, checkpoint.size, checkpoint.seed, checkpoint.weights_sha256,
+                 checkpoint.tokens_seen, checkpoint.stage, checkpoint.weight_format,
+                 duplicate_of],
+            )  # fmt: skip
+            con.register("copies", frame)
+            copied = con.execute(
+                "INSERT INTO cells (cell_key, commit_sha, analysis, analysis_version,"
+                " params_json, params_hash, input_set_id, run_id, device, dtype, seconds,"
+                " computed_at, code_source, code_hash, copied_from)"
+                " SELECT k.cell_key, ?, c.analysis, c.analysis_version, c.params_json,"
+                " c.params_hash, c.input_set_id, ?, c.device, c.dtype, 0, now(), c.code_source,"
+                " c.code_hash, c.cell_key FROM copies k JOIN cells c ON c.cell_key = k.source"
+                " ON CONFLICT DO NOTHING RETURNING cell_key",
+                [checkpoint.commit_sha, run_id],
+            ).fetchall()
+            done = pl.DataFrame(
+                {"cell_key": [k for (k,) in copied]}, schema={"cell_key": pl.String}
+            )
+            con.register("copied", done)
+            rows = con.execute(
+                "INSERT INTO metrics (cell_key, layer, metric, value, item, task, shots,"
+                " task_seed) SELECT k.cell_key, m.layer, m.metric, m.value, m.item, m.task,"
+                " m.shots, m.task_seed FROM copies k JOIN copied USING (cell_key)"
+                " JOIN metrics m ON m.cell_key = k.source"
+                " RETURNING cell_key, layer, metric, value, task, shots, task_seed, item"
+            ).fetchall()
+            con.unregister("copied")
+            con.unregister("copies")
+        values: dict[str, list[tuple]] = {key: [] for (key,) in copied}
+        for key, *value, item in rows:
+            if item is None:
+                values[key].append(tuple(value))
+        return values
+
     def write_failures(self, run_id: str, failures: list[FailureRow]) -> None:
         with self.transaction() as con:
             _insert_failures(con, run_id, failures)

@@ -285,7 +285,13 @@ class Storage(Strict):
 
 class Loading(Strict):
     trust_remote_code: bool = False
-    allow_pickle_weights: bool = False  # safetensors only unless a spec opts in
+    # Pickled .bin weights (pythia-12b's shards) load through torch's weights_only unpickler,
+    # which builds tensors and containers only; false refuses them. Safetensors always win.
+    allow_pickle_weights: bool = True
+    # A revision whose weight files all equal an earlier revision's (hub metadata, before any
+    # download): skip = not downloaded or computed, its rows copied from the earlier one's and
+    # flagged duplicate_of; compute = computed anyway (flagged too); fail = recorded as failed.
+    duplicates: Literal["skip", "compute", "fail"] = "skip"
 
 
 class Spec(Strict):

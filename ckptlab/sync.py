@@ -71,7 +71,7 @@ def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None
         labels = _labels(spec)
         rows = store.query(
             "SELECT ch.model, ch.revision, ch.step, ch.suite, ch.size, ch.seed, c.commit_sha,"
-            " ch.tokens_seen, ch.stage,"
+            " ch.tokens_seen, ch.stage, ch.weight_format, ch.duplicate_of,"
             " c.analysis, c.params_json, i.name AS input_set, m.metric, m.layer, m.value,"
             " m.task, m.shots, m.task_seed FROM metrics m JOIN cells c USING (cell_key)"
             " JOIN checkpoints ch ON ch.commit_sha = c.commit_sha"
@@ -82,16 +82,17 @@ def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None
         by_checkpoint: dict[tuple, list[tuple]] = {}
         for r in rows.iter_rows(named=True):
             key = (r["model"], r["revision"], r["step"], r["suite"], r["size"], r["seed"],
-                   r["commit_sha"], r["tokens_seen"], r["stage"])  # fmt: skip
+                   r["commit_sha"], r["tokens_seen"], r["stage"], r["weight_format"],
+                   r["duplicate_of"])  # fmt: skip
             label = _label_of(labels, r["analysis"], r["params_json"])
             by_checkpoint.setdefault(key, []).append(
                 Value(label, r["analysis"], r["metric"], r["layer"], r["input_set"], r["value"],
                       r["task"], r["shots"], r["task_seed"])
             )  # fmt: skip
         for key, values in by_checkpoint.items():
-            model, revision, step, suite, size, seed, commit, tokens, stage = key
+            model, revision, step, suite, size, seed, commit, tokens, stage, fmt, twin = key
             checkpoint = _Checkpoint(model, revision, step, suite, size, seed, tokens, stage)
-            lineage.log_checkpoint(checkpoint, commit, values)
+            lineage.log_checkpoint(checkpoint, commit, values, fmt, twin)
         counts = {k: run[k] or 0 for k in ("cells_computed", "cells_cached", "cells_failed")}
         counts |= {"checkpoints": len(by_checkpoint), "metric_rows": rows.height}
         lineage.log_report(store.path)

@@ -39,6 +39,16 @@ from ckptlab.spec import (
     select_checkpoints,
     step_from_revision,
 )
+from ckptlab.weights import (
+    ListingCache,
+    WeightLayout,
+    WeightsError,
+    choose_layout,
+    layout_of_folder,
+    list_revisions_files,
+    remember_refs,
+    snapshot_folder,
+)
 
 
 @dataclass(frozen=True)
@@ -101,15 +111,30 @@ class ReferenceSpec:
 class Unit:
     checkpoint: CheckpointRef
     commit: str | None  # None when the revision could not be resolved
-    error: str | None = None
+    error: str | None = None  # why it cannot run (unresolved, no weights, ...): cells fail
     cells: list[Cell] = field(default_factory=list)  # every cell the spec asks for
     missing: list[Cell] = field(default_factory=list)  # those not yet in the results DB
+    layout: WeightLayout | None = None  # its weight files, from the hub's metadata
+    # The earlier revision with the same weights whose rows this one's are copied from
+    # (loading.duplicates: skip): never downloaded or computed.
+    duplicate_of: CheckpointRef | None = None
 
     @property
     def stored_keys(self) -> list[str]:
         """Keys of this unit's cells that the results DB already has."""
         missing = {c.key for c in self.missing}
         return [c.key for c in self.cells if c.key and c.key not in missing]
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A revision whose weight files (all: ``whole``; else some shards) equal those of an
+    earlier revision of the same model, by the hub's sha256 of each file."""
+
+    unit: CheckpointRef
+    same_as: CheckpointRef
+    files: tuple[str, ...]  # the weight files they share
+    whole: bool
 
 
 @dataclass
@@ -121,6 +146,8 @@ class Plan:
     reference_errors: dict[str, str] = field(default_factory=dict)  # model -> why none
     model_configs: dict[str, dict] = field(default_factory=dict)  # model -> its config.json
     plugins: list[PluginCode] = field(default_factory=list)  # what every unit carries
+    duplicates: list[Duplicate] = field(default_factory=list)  # weights repeated, in whole or part
+    hub_dir: Path | None = None  # the hub cache the plan read (what is already downloaded)
 
     @property
     def total_cells(self) -> int:
@@ -134,6 +161,28 @@ class Plan:
     def todo(self) -> list[Unit]:
         return [u for u in self.units if u.missing]
 
+    def bytes_to_download(self) -> dict:
+        """Weight bytes a run of this plan downloads, per model and in total: the files of
+        the units with work that run on a worker (not whole duplicates, not unresolved), each
+        distinct file once, less the blobs the hub cache already holds."""
+        per_model: dict[str, int] = {}
+        seen: set[tuple[str, str]] = set()
+        for unit in self.todo:
+            ref = unit.checkpoint
+            if ref.source != "hub" or ref.local_only:
+                continue
+            per_model.setdefault(ref.model, 0)
+            if unit.layout is None or unit.error or unit.duplicate_of:
+                continue
+            blobs = Path(self.hub_dir or ".") / f"models--{ref.model.replace('/', '--')}" / "blobs"
+            for f in unit.layout.files:
+                identity = (ref.model, f.sha256 or f"{unit.commit}/{f.path}")
+                if identity in seen or (f.sha256 and (blobs / f.sha256).is_file()):
+                    continue
+                seen.add(identity)
+                per_model[ref.model] += f.size
+        return {"total": sum(per_model.values()), "models": per_model}
+
 
 def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -143,10 +192,24 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def cell_key(commit: str, definition: AnalysisDef, params_json: str, input_set_id: str | None):
+DEFAULT_DTYPE = "float32"
+
+
+def cell_key(
+    commit: str,
+    definition: AnalysisDef,
+    params_json: str,
+    input_set_id: str | None,
+    dtype: str = DEFAULT_DTYPE,
+):
     identity = [commit, definition.name, definition.version, params_json, input_set_id]
     if definition.origin.source_hash:  # a plug-in: its code is part of what a cell is
         identity.append(definition.origin.source_hash)
+    # The dtype the weights ran in is part of the cell: bf16 and fp32 values differ. It joins
+    # the identity only when it is not the default, so float32 cells keep the keys they were
+    # stored under before dtype was part of it (a rerun does not recompute them).
+    if dtype != DEFAULT_DTYPE:
+        identity.append(dtype)
     return sha256_hex(canonical_json(identity))
 
 
@@ -180,7 +243,9 @@ def list_revisions(
             return CheckpointError(repo, "no such repo")
         except Exception as err:
             return CheckpointError(repo, f"cannot list revisions: {_short(err)}")
-        return Listing({r.name: r.target_commit for r in [*refs.branches, *refs.tags]}, True)
+        known = {r.name: r.target_commit for r in [*refs.branches, *refs.tags]}
+        remember_refs(repo, known)
+        return Listing(known, True)
     commits: dict[str, str] = {}
     if hub_dir is not None:
         refs_dir = Path(hub_dir) / f"models--{repo.replace('/', '--')}" / "refs"
@@ -189,6 +254,9 @@ def list_revisions(
             commit = cached_commit(repo, name, Path(hub_dir))
             if commit:
                 commits[name] = commit
+    # And the revisions the hub last listed (an online plan kept them): those never downloaded
+    # resolve too, and are unresolved later only if their weights are needed and not cached.
+    commits = ListingCache().refs(repo) | commits
     if not commits:
         return CheckpointError(repo, _not_cached(True))
     return Listing(commits, False)
@@ -360,8 +428,13 @@ def tokenizer_folder(ref: CheckpointRef, hub_dir: Path, remote_code: bool = Fals
     )[0]
 
 
-def reference_key(commit: str, input_set_id: str, max_tokens: int, seed: int) -> str:
-    return sha256_hex(canonical_json([commit, input_set_id, max_tokens, seed]))[:32]
+def reference_key(
+    commit: str, input_set_id: str, max_tokens: int, seed: int, dtype: str = DEFAULT_DTYPE
+) -> str:
+    identity = [commit, input_set_id, max_tokens, seed]
+    if dtype != DEFAULT_DTYPE:  # as in cell_key: float32 sketches keep their keys
+        identity.append(dtype)
+    return sha256_hex(canonical_json(identity))[:32]
 
 
 def pick_references(
@@ -461,21 +534,37 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
     units: list[Unit] = []
     references: dict[str, ReferenceSpec] = {}
 
+    layouts = weight_layouts(spec, refs, commits, hub_dir)
     model_configs: dict[str, dict] = {}
+    model_errors: dict[str, str] = {}  # model -> why none of its checkpoints can run
+    dtype = spec.resources.dtype
     for ref in refs:
         commit = commits[ref]
         unit = Unit(ref, None if isinstance(commit, CheckpointError) else commit)
+        layout = layouts.get(ref)
         if unit.commit is None:
             unit.error = commit.reason
-        elif ref.model not in model_configs:
-            # Read once per model from its first loadable checkpoint (config and tokenizer
-            # files only): the config sizes its workers, the tokenizer cuts its input sets.
+        elif isinstance(layout, str):
+            unit.error = layout
+        elif ref.model in model_errors:
+            unit.error = model_errors[ref.model]
+        else:
+            unit.layout = layout
+        if unit.commit is not None and ref.model not in model_configs | model_errors:
+            # Read once per model from its first resolved checkpoint (config and tokenizer
+            # files only, which one without weights has too): the config sizes its workers,
+            # the tokenizer cuts its input sets.
             try:
                 folder = tokenizer_folder(ref, hub_dir, spec.loading.trust_remote_code)
                 config = folder / "config.json"
                 model_configs[ref.model] = (
                     json.loads(config.read_text()) if config.is_file() else {}
                 )
+                needs_code = remote_code_needed(ref.model, model_configs[ref.model], spec)
+                if needs_code:
+                    model_errors[ref.model] = unit.error = needs_code
+                    unit.layout = None
+                    raise _ModelRefused
                 check_context(spec, ref.model, model_configs[ref.model])
                 if spec.input_sets:
                     tokenizer = load_tokenizer(
@@ -487,11 +576,14 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                     }
             except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
                 raise
+            except _ModelRefused:  # its config says no checkpoint of this model can run
+                model_configs.pop(ref.model, None)
             except Exception as err:  # this checkpoint fails; the model's next one may serve
                 model_configs.pop(ref.model, None)
                 reason = err.reason if isinstance(err, CheckpointError) else str(err)
                 first = (reason.strip().splitlines() or [type(err).__name__])[0]
-                unit.commit, unit.error = None, f"tokenizer: {first}"
+                if unit.error is None:
+                    unit.commit, unit.error, unit.layout = None, f"tokenizer: {first}", None
         for entry in spec.analyses:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)
@@ -516,12 +608,12 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                 ]
             for name, input_set_id in targets:
                 # An unresolved checkpoint has no content key: its cells can only fail.
-                key = cell_key(unit.commit, definition, params_json, input_set_id)
+                key = cell_key(unit.commit, definition, params_json, input_set_id, dtype)
                 sketch = None
                 commit_of_reference = resolved_params.get("reference_commit")
                 if reference is not None and commit_of_reference and input_set_id:
                     sketch = reference_key(
-                        commit_of_reference, input_set_id, params.max_tokens, params.seed
+                        commit_of_reference, input_set_id, params.max_tokens, params.seed, dtype
                     )
                     references[sketch] = ReferenceSpec(
                         sketch,
@@ -548,10 +640,164 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                 )
         units.append(unit)
 
+    # A model refused after some of its units were made (its first checkpoint had no
+    # weights, a later one had the config): every unit of it carries the reason.
+    for unit in units:
+        if unit.error is None and unit.checkpoint.model in model_errors:
+            unit.error, unit.layout = model_errors[unit.checkpoint.model], None
+    duplicates = find_duplicates(units)
+    apply_duplicate_policy(spec, units, duplicates, set(reference_of.values()))
+    require_cached_weights(units, hub_dir)
     done = done_keys([c.key for u in units for c in u.cells if c.key])
     for unit in units:
         unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
     needed = {c.reference_key for u in units for c in u.missing if c.reference_key}
     references = {k: v for k, v in references.items() if k in needed}
     plugins = [code for entry in spec.plugins if (code := loaded_code(entry)) is not None]
-    return Plan(spec, units, input_sets, references, reference_errors, model_configs, plugins)
+    return Plan(
+        spec,
+        units,
+        input_sets,
+        references,
+        reference_errors,
+        model_configs,
+        plugins,
+        duplicates,
+        Path(hub_dir),
+    )
+
+
+class _ModelRefused(Exception):
+    """Internal: a model's config refused every checkpoint of it (the reason is recorded)."""
+
+
+def remote_code_needed(model: str, config: dict, spec: Spec) -> str | None:
+    """One line when a model's ``model_type`` is unknown to the installed transformers (its
+    repo's own code would build it) and the spec does not trust remote code; else None. Read
+    from config.json before the tokenizer: transformers' own error is a multi-KB ValueError
+    listing every model type it knows."""
+    if spec.loading.trust_remote_code:
+        return None
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type in CONFIG_MAPPING_NAMES:
+        return None
+    what = f"model_type {model_type!r}" if model_type else "a config without model_type"
+    return (
+        f"{model}: {what} is not in transformers {transformers.__version__}: it needs the "
+        "repo's own code; set loading.trust_remote_code: true to run it"
+    )
+
+
+def weight_layouts(
+    spec: Spec, refs: list[CheckpointRef], commits: dict, hub_dir: Path
+) -> dict[CheckpointRef, WeightLayout | str]:
+    """Each resolved checkpoint's weight files and format, from the hub's tree listings
+    (fetched concurrently, cached by commit) or offline the local cache: no weight file is
+    downloaded. A checkpoint whose weights cannot be loaded gets its one-line reason."""
+    allow_pickle = spec.loading.allow_pickle_weights
+    online: list[tuple[str, str]] = []
+    offline: list[tuple[str, str]] = []
+    for ref in refs:
+        commit = commits[ref]
+        if ref.source == "hub" and not isinstance(commit, CheckpointError):
+            asks_hub = not (ref.local_only or hub_offline())
+            (online if asks_hub else offline).append((ref.model, commit))
+    listed = {}
+    if online:
+        listed |= list_revisions_files(online, hub_dir, online=True)
+    if offline:
+        listed |= list_revisions_files(offline, hub_dir, online=False)
+    layouts: dict[CheckpointRef, WeightLayout | str] = {}
+    for ref in refs:
+        commit = commits[ref]
+        if isinstance(commit, CheckpointError):
+            continue
+        if ref.source == "local":
+            try:
+                layouts[ref] = layout_of_folder(Path(ref.model) / ref.revision, allow_pickle)
+            except WeightsError as err:
+                layouts[ref] = str(err)
+            continue
+        files = listed[(ref.model, commit)]
+        if isinstance(files, str):
+            layouts[ref] = files
+            continue
+        try:
+            layouts[ref] = choose_layout(files, allow_pickle)
+        except WeightsError as err:
+            # Offline the cache lists what was downloaded: no weights there is not a defect.
+            downloaded_only = (ref.model, commit) in offline and not any(
+                name.endswith((".safetensors", ".bin")) for name in files
+            )
+            layouts[ref] = "weights " + _not_cached(True) if downloaded_only else str(err)
+    return layouts
+
+
+def find_duplicates(units: list[Unit]) -> list[Duplicate]:
+    """Per model, in training order: each revision whose weight files all equal an earlier
+    revision's (whole), or that shares some files (shards) with one, by sha256."""
+    duplicates: list[Duplicate] = []
+    by_model: dict[str, list[Unit]] = {}
+    for unit in units:
+        if unit.layout is not None and unit.error is None:
+            by_model.setdefault(unit.checkpoint.model, []).append(unit)
+    for model_units in by_model.values():
+        first_of_digest: dict[str, Unit] = {}
+        first_of_file: dict[str, Unit] = {}  # a weight file's sha256 -> first unit with it
+        for unit in sorted(model_units, key=lambda u: u.checkpoint.order):
+            files = unit.layout.files
+            digest = unit.layout.digest
+            if digest is not None and digest in first_of_digest:
+                earlier = first_of_digest[digest].checkpoint
+                duplicates.append(Duplicate(unit.checkpoint, earlier, unit.layout.names, True))
+                continue
+            if digest is not None:
+                first_of_digest[digest] = unit
+            shared = [f for f in files if f.sha256 and f.sha256 in first_of_file]
+            if shared:
+                earlier = first_of_file[shared[0].sha256].checkpoint
+                names = tuple(f.path for f in shared)
+                duplicates.append(Duplicate(unit.checkpoint, earlier, names, False))
+            for f in files:
+                if f.sha256:
+                    first_of_file.setdefault(f.sha256, unit)
+    return duplicates
+
+
+def require_cached_weights(units: list[Unit], hub_dir: Path) -> None:
+    """Offline, a unit that must load its weights needs them in the hub cache: one the hub
+    listed earlier (its metadata is kept) but that was never downloaded is unresolved here,
+    not a failed download later."""
+    for unit in units:
+        ref = unit.checkpoint
+        if unit.error or unit.duplicate_of or unit.layout is None or ref.source != "hub":
+            continue
+        if not (ref.local_only or hub_offline()):
+            continue
+        folder = snapshot_folder(hub_dir, ref.model, unit.commit)
+        missing = [name for name in unit.layout.names if not (folder / name).is_file()]
+        if missing:
+            unit.error = f"weights {_not_cached(True)}: {missing[0]}" + (
+                f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            )
+
+
+def apply_duplicate_policy(
+    spec: Spec, units: list[Unit], duplicates: list[Duplicate], references: set[CheckpointRef]
+) -> None:
+    """``loading.duplicates`` on the whole duplicates: skip (copy the earlier revision's rows;
+    a reference checkpoint of a cross-checkpoint analysis still runs, for its sketch), fail
+    (each is a failed checkpoint), or compute (nothing changes here)."""
+    policy = spec.loading.duplicates
+    by_ref = {u.checkpoint: u for u in units}
+    for duplicate in duplicates:
+        unit = by_ref[duplicate.unit]
+        if not duplicate.whole or policy == "compute":
+            continue
+        if policy == "fail":
+            unit.error = f"same weights as {duplicate.same_as.revision} (loading.duplicates: fail)"
+        elif duplicate.unit not in references:
+            unit.duplicate_of = duplicate.same_as

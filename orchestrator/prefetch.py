@@ -53,8 +53,16 @@ class Prefetcher:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.downloads: dict[tuple[str, str], Download] = {}
 
-    def start(self, repo: str, revision: str, commit: str, local_only: bool) -> None:
-        """Begin downloading a revision in the background, if it is not cached and fits."""
+    def start(
+        self,
+        repo: str,
+        revision: str,
+        commit: str,
+        local_only: bool,
+        weight_files: tuple[str, ...] | None = None,
+    ) -> None:
+        """Begin downloading a revision in the background, if it is not cached and fits;
+        ``weight_files``: the plan's layout of it (exactly those are fetched)."""
         key = (repo, commit)
         cache = hub_cache_dir()
         if local_only or hub_offline() or key in self.downloads:
@@ -71,7 +79,8 @@ class Prefetcher:
         def fetch() -> None:
             try:
                 fetch_snapshot(repo, revision, cache, local_only=False,
-                               allow_pickle=self.allow_pickle)  # fmt: skip
+                               allow_pickle=self.allow_pickle,
+                               weight_files=weight_files)  # fmt: skip
             finally:
                 download.finished_at = time.time()
 

@@ -55,7 +55,9 @@ class CheckpointWorker:
         if prefetch is not None:  # the next unit's download runs while this one computes
             nxt = prefetch.checkpoint
             if nxt.source == "hub":
-                self.prefetcher.start(nxt.model, nxt.revision, prefetch.commit, nxt.local_only)
+                self.prefetcher.start(
+                    nxt.model, nxt.revision, prefetch.commit, nxt.local_only, prefetch.weight_files
+                )
         # Object refs nested in a dict are not resolved by Ray: fetch them here.
         references = {key: ray.get(r) for key, r in reference_refs.items()}
         result = run_unit(task, self.device, references, self.cpu_memory_limit_gib)

@@ -38,7 +38,7 @@ from ckptlab.orchestrator.sketches import (
 )
 from ckptlab.orchestrator.worker import SketchRequest, UnitResult, UnitTask, failure_rows
 from ckptlab.results import ResultsBusy, ResultStore
-from ckptlab.rows import CheckpointRow, UnitRow
+from ckptlab.rows import CheckpointRow, FailureRow, UnitRow
 from ckptlab.spec import Spec
 
 
@@ -50,6 +50,7 @@ class RunSummary:
     cells_total: int
     cells_cached: int
     cells_computed: int = 0
+    cells_copied: int = 0  # a duplicate revision's cells, copied from its twin's
     cells_failed: int = 0
     metric_rows: int = 0
     failures: list[str] = field(default_factory=list)
@@ -93,6 +94,7 @@ def _task(
         sketches=sketches,
         plugins=plan.plugins,
         plugin_timeout_s=spec.resources.plugin_timeout_s,
+        weight_files=unit.layout.names if unit.layout is not None else None,
     )
 
 
@@ -104,7 +106,7 @@ def _demand(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
     seq_len = max((s.seq_len for s in spec.input_sets), default=0)
     per_model: dict[str, int] = {}
     for unit in plan.todo:
-        if unit.commit is not None:
+        if _runs(unit):
             per_model[unit.checkpoint.model] = per_model.get(unit.checkpoint.model, 0) + 1
     demand = {}
     for model in per_model:
@@ -115,13 +117,23 @@ def _demand(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
     return demand, per_model
 
 
+def _runs(unit: Unit) -> bool:
+    """Whether a unit goes to a worker: not one that cannot run (``error``), nor a duplicate
+    whose rows are copied from the revision with the same weights."""
+    return unit.error is None and unit.commit is not None and unit.duplicate_of is None
+
+
 def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointRow:
     ref = unit.checkpoint
     digest = result.weights_sha256 if result is not None else None
+    if digest is None and unit.layout is not None:
+        digest = unit.layout.digest
     return CheckpointRow(
         ref.model, ref.revision, ref.step, unit.commit, ref.suite, ref.size, ref.seed, digest,
         tokens_seen=ref.tokens_seen, stage=ref.stage,
-        weight_format=result.weight_format if result is not None else None,
+        weight_format=result.weight_format if result is not None else (
+            unit.layout.format if unit.layout is not None else None
+        ),
         model_type=result.model_type if result is not None else None,
         tied_head=result.tied_head if result is not None else None,
     )  # fmt: skip
@@ -192,7 +204,12 @@ class _Lifecycle:
         self.mlflow_run_id = self.lineage.start()
         self.cells_by_key = {c.key: c for u in plan.units for c in u.cells if c.key}
 
-    def log(self, unit: Unit, keyed_values: dict[str, list[tuple]]) -> None:
+    def log(
+        self,
+        unit: Unit,
+        keyed_values: dict[str, list[tuple]],
+        weight_format: str | None = None,
+    ) -> None:
         """keyed_values: cell key -> (layer, metric, value, task, shots, task_seed) rows."""
         rows = []
         for key, values in keyed_values.items():
@@ -202,7 +219,10 @@ class _Lifecycle:
                 for layer, metric, value, *facets in values
             ]
         if rows:
-            self.lineage.log_checkpoint(unit.checkpoint, unit.commit, rows)
+            if weight_format is None and unit.layout is not None:
+                weight_format = unit.layout.format
+            twin = unit.duplicate_of.revision if unit.duplicate_of else None
+            self.lineage.log_checkpoint(unit.checkpoint, unit.commit, rows, weight_format, twin)
 
     def log_cached(self) -> None:
         cached = _cached_values(self.store, self.plan)
@@ -213,9 +233,25 @@ class _Lifecycle:
 
     def record_unresolved(self, unit: Unit) -> int:
         error = f"resolve: {unit.checkpoint.label}: {unit.error}"
-        failures = failure_rows(unit.checkpoint, None, unit.missing, error)
+        failures = failure_rows(unit.checkpoint, unit.commit, unit.missing, error)
         self.store.write_failures(self.run_id, failures)
         return len(failures)
+
+    def copy_duplicate(self, unit: Unit, source: Unit) -> tuple[int, list[FailureRow]]:
+        """A whole duplicate's missing cells, copied from the same cells of the revision with
+        the same weights (stored by now, or failed there). Returns (cells copied, failures)."""
+        same = {(c.label, c.input_set): c.key for c in source.cells}
+        pairs = [(c.key, same[(c.label, c.input_set)]) for c in unit.missing]
+        copied = self.store.copy_cells(
+            self.run_id, _checkpoint_row(unit), source.checkpoint.revision, pairs
+        )
+        why = f"same weights as {source.checkpoint.label}, where this cell was not computed"
+        failures = failure_rows(
+            unit.checkpoint, unit.commit, [c for c in unit.missing if c.key not in copied], why
+        )
+        self.store.write_failures(self.run_id, failures)
+        self.log(unit, copied)
+        return len(copied), failures
 
     def persist(self, unit: Unit, result: UnitResult) -> str | None:
         """Everything the unit produced in one transaction; its cell rows mark it done.
@@ -254,7 +290,7 @@ class _Lifecycle:
                 values.setdefault(m.cell_key, []).append(
                     (m.layer, m.metric, m.value, m.task, m.shots, m.task_seed)
                 )
-        self.log(unit, values)
+        self.log(unit, values, result.weight_format)
         return twin
 
     def finish(self, status: str, summary: RunSummary) -> None:
@@ -404,7 +440,8 @@ def run_plan(
         # whose own cells are all stored still runs, for its sketch only). Wave 2: the rest,
         # built once wave 1 has said which sketches exist.
         first = [_task(units[ref], plan, hub_dir, {}, found) for ref, found in requests.items()]
-        later = [u for u in plan.todo if u.commit is not None and u.checkpoint not in requests]
+        later = [u for u in plan.todo if _runs(u) and u.checkpoint not in requests]
+        copies = [u for u in plan.todo if u.duplicate_of is not None and u.error is None]
         # The workers boot (processes, imports: seconds) while the driver sets up the results
         # DB and MLflow below, instead of after it (an executor without the hook: after).
         opening = first[0].checkpoint if first else later[0].checkpoint if later else None
@@ -429,12 +466,13 @@ def run_plan(
         try:
             run.log_cached()
             for unit in plan.todo:
-                if unit.commit is None:
+                if unit.error is not None:
                     summary.failures.append(f"{unit.checkpoint.label}: {unit.error}")
                     summary.cells_failed += run.record_unresolved(unit)
 
-            cells = sum(len(t.cells) for t in first) + sum(len(u.missing) for u in later)
-            with _RunProgress(console, plan.spec.name, len(first) + len(later), cells) as progress:
+            cells = sum(len(t.cells) for t in first) + sum(len(u.missing) for u in later + copies)
+            count = len(first) + len(later) + len(copies)
+            with _RunProgress(console, plan.spec.name, count, cells) as progress:
 
                 def finished(task: UnitTask, outcome) -> None:
                     result = (
@@ -474,6 +512,24 @@ def run_plan(
                 tasks = [_task(u, plan, hub_dir, reference_errors) for u in later]
                 for task, outcome in executor.run(tasks, references=references):
                     finished(task, outcome)
+                # Last, once the revisions they repeat are stored: no download, no compute.
+                for unit in copies:
+                    source = units[unit.duplicate_of]
+                    copied, failures = run.copy_duplicate(unit, source)
+                    summary.cells_copied += copied
+                    summary.cells_failed += len(failures)
+                    summary.failures += [
+                        f"{unit.checkpoint.label} {f.analysis}: {f.error}" for f in failures
+                    ]
+                    summary.duplicates.append(
+                        f"{unit.checkpoint.label} = {source.checkpoint.label}"
+                    )
+                    progress.unit_done(
+                        len(unit.missing),
+                        f"  {unit.checkpoint.label}: {copied}/{len(unit.missing)} cells copied "
+                        f"from {source.checkpoint.revision} (same weights; loading.duplicates: "
+                        "skip)",
+                    )
             status = "FINISHED" if not summary.cells_failed else "FAILED"
         finally:
             run.finish(status, summary)

@@ -8,7 +8,7 @@ import numbers
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,17 +27,18 @@ from ckptlab.analyses.registry import (
     get_analysis,
     registered_analyses,
 )
+from ckptlab.architectures import model_type, tied_head
 from ckptlab.home import hub_cache_dir
 from ckptlab.hub import (
     fetch_snapshot,
     load_model,
     load_tokenizer,
     local_checkpoint,
-    weights_digest,
 )
 from ckptlab.orchestrator.forward import checkpoint_context, stream_forward
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
 from ckptlab.rows import CellRow, FailureRow, MetricRow
+from ckptlab.weights import WeightsError, choose_layout, folder_files
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class UnitTask:
     # The spec's plug-ins: a file's text travels here, so a worker that never saw it runs it.
     plugins: list[PluginCode] = field(default_factory=list)
     plugin_timeout_s: float | None = None  # a plug-in cell's time budget in this unit
+    # The plan's weight files of this revision (hub metadata): exactly these are fetched.
+    weight_files: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -142,11 +145,14 @@ def load_checkpoint(task: UnitTask, device: str, timing: UnitResult | None = Non
             local_only=ref.local_only,
             allow_pickle=task.allow_pickle,
             remote_code=task.trust_remote_code,
+            weight_files=task.weight_files,
         )
     if commit != task.commit:
         raise RuntimeError(f"revision moved: planned {task.commit[:12]}, found {commit[:12]}")
     if timing is not None:
-        timing.weights_sha256 = weights_digest(folder)
+        with suppress(WeightsError):  # load_model says why, in its own words
+            layout = choose_layout(folder_files(folder), task.allow_pickle)
+            timing.weight_format, timing.weights_sha256 = layout.format, layout.digest
     fetched = time.perf_counter()
     model = load_model(
         folder,
@@ -159,6 +165,8 @@ def load_checkpoint(task: UnitTask, device: str, timing: UnitResult | None = Non
     if timing is not None:
         timing.fetch_seconds = fetched - started
         timing.load_seconds = time.perf_counter() - fetched
+        # Read from the loaded model: a checkpoint may untie what its config ties.
+        timing.model_type, timing.tied_head = model_type(model), tied_head(model)
     return model, tokenizer
 
 
@@ -213,6 +221,10 @@ class _Pass:
                     )
                     continue
                 cell_context = replace(context, reference=reference)
+            why = context.refusal(definition.needs)  # e.g. a mixture of experts' neurons
+            if why is not None:
+                self.fail([cell], f"{cell.analysis}: {why}")
+                continue
             if cell.key in self.isolated:
                 cell_context = _own_weights(cell_context)
             started = time.perf_counter()
@@ -231,8 +243,14 @@ class _Pass:
                 positions = sample_positions(seq * pos, r.max_tokens, r.seed)
                 self.samples[r.key] = PositionSample(positions, torch.float32)
 
-    def stream(self, model, tokens: torch.Tensor, needs: set[Need]) -> None:
+    def stream(
+        self, model, tokens: torch.Tensor, needs: set[Need], context: CheckpointContext
+    ) -> None:
         for batch in stream_forward(model, tokens, needs, self.batch_size):
+            # What the pass found this checkpoint cannot give (the first batch's readout
+            # self-check): the cells that need it fail here, before they read the batch.
+            context.unavailable.update(batch.unavailable or {})
+            self.refuse(context)
             for key, running in list(self.running.items()):
                 started = time.perf_counter()
                 try:
@@ -249,6 +267,15 @@ class _Pass:
             for sample in self.samples.values():
                 sample.add(batch, batch.require("hidden_states"))
             del batch  # the next batch is computed with this one released
+
+    def refuse(self, context: CheckpointContext) -> None:
+        """Running cells whose analysis needs what the pass found it cannot give fail, each
+        with the one-line reason; the other cells go on."""
+        for key, running in list(self.running.items()):
+            why = context.refusal(running.reducer.needs)
+            if why is not None:
+                self.fail([running.cell], f"{running.cell.analysis}: {why}")
+                del self.running[key]
 
     def _over_budget(self, running: _Running) -> bool:
         """A plug-in past its time budget fails its cell (checked between its calls: a call
@@ -402,7 +429,8 @@ def _attempt(step: _Pass, model, tokenizer, tokens, needs, cells) -> str | None:
     with torch.inference_mode():
         try:
             context = checkpoint_context(model, tokens, needs, len(tokenizer))
-        except Exception as err:  # e.g. a head this code cannot read: every cell here
+        except Exception as err:  # what a model cannot give is in context.unavailable; this
+            # is anything else, and every cell here fails with it
             step.fail(cells, f"forward: {_one_line(err)}")
             for r in step.requests:
                 step.result.sketch_errors[r.key] = f"forward: {_one_line(err)}"
@@ -412,7 +440,7 @@ def _attempt(step: _Pass, model, tokenizer, tokens, needs, cells) -> str | None:
         step.start(context)
         if tokens is not None and needs & FORWARD_NEEDS:
             try:
-                step.stream(model, tokens, needs)
+                step.stream(model, tokens, needs, context)
             except Exception as err:  # the pass itself: every cell of this input set
                 if is_out_of_memory(err):
                     return _one_line(err)

@@ -23,10 +23,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".pt")  # served as LFS files
 
 
+@dataclass(frozen=True)
+class Pointer:
+    """An LFS file known by size and sha256 only: listed like any other, never served. What a
+    metadata benchmark publishes for 1,540 Pythia-sized revisions without holding their bytes."""
+
+    size: int
+    sha256: str
+
+
 @dataclass
 class Commit:
     sha: str
-    files: dict[str, bytes]
+    files: dict[str, bytes | Pointer]
 
 
 @dataclass
@@ -40,10 +49,14 @@ class Repo:
         return self.commits.get(sha)
 
 
-def _commit_sha(files: dict[str, bytes]) -> str:
+def _sha256(data: bytes | Pointer) -> str:
+    return data.sha256 if isinstance(data, Pointer) else hashlib.sha256(data).hexdigest()
+
+
+def _commit_sha(files: dict[str, bytes | Pointer]) -> str:
     digest = hashlib.sha1()
     for name in sorted(files):
-        digest.update(name.encode() + hashlib.sha256(files[name]).digest())
+        digest.update(name.encode() + bytes.fromhex(_sha256(files[name])))
     return digest.hexdigest()
 
 
@@ -61,6 +74,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.bytes_per_second: float | None = None  # throttle file downloads
         self.fail: dict[str, int] = {}  # path substring -> HTTP status to answer with
+        self.latency_s = 0.0  # added to every request: a hub across the ocean
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -160,6 +174,8 @@ class FakeHub:
         path = unquote(parts.path)
         with self.lock:
             self.requests.append((handler.command, path))
+        if self.latency_s:
+            time.sleep(self.latency_s)
         for fragment, status in self.fail.items():
             if fragment in path:
                 self._reply(handler, status, b"injected failure", head=head)
@@ -213,11 +229,19 @@ class FakeHub:
             return
         if verb == "tree":
             prefix = (rest or "").strip("/")
-            entries = [
-                self._tree_entry(name, data)
-                for name, data in sorted(commit.files.items())
-                if name.startswith(prefix)
-            ]
+            prefix = f"{prefix}/" if prefix else ""
+            recursive = query.get("recursive", ["false"])[0].lower() == "true"
+            entries, folders = [], set()
+            for name, data in sorted(commit.files.items()):
+                if not name.startswith(prefix):
+                    continue
+                inside = name[len(prefix) :]
+                if recursive or "/" not in inside:
+                    entries.append(self._tree_entry(name, data))
+                else:  # the hub lists a folder once, not its files, unless asked to recurse
+                    folders.add(prefix + inside.split("/")[0])
+            entries += [{"type": "directory", "path": f, "oid": "0" * 40, "size": 0}
+                        for f in sorted(folders)]  # fmt: skip
             self._json(handler, entries, head)
             return
         if verb == "commits":
@@ -241,20 +265,20 @@ class FakeHub:
         self._reply(handler, 404, b"not found", head=head)
 
     @staticmethod
-    def _sibling(name: str, data: bytes) -> dict:
-        entry = {"rfilename": name, "size": len(data)}
+    def _sibling(name: str, data: bytes | Pointer) -> dict:
+        size = data.size if isinstance(data, Pointer) else len(data)
+        entry = {"rfilename": name, "size": size}
         if name.endswith(LFS_SUFFIXES):
-            entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                            "pointerSize": 134}  # fmt: skip
+            entry["lfs"] = {"sha256": _sha256(data), "size": size, "pointerSize": 134}
         return entry
 
     @staticmethod
-    def _tree_entry(name: str, data: bytes) -> dict:
-        entry = {"type": "file", "path": name, "size": len(data),
-                 "oid": hashlib.sha1(data).hexdigest()}  # fmt: skip
+    def _tree_entry(name: str, data: bytes | Pointer) -> dict:
+        size = data.size if isinstance(data, Pointer) else len(data)
+        git_oid = hashlib.sha1(_sha256(data).encode() if isinstance(data, Pointer) else data)
+        entry = {"type": "file", "path": name, "size": size, "oid": git_oid.hexdigest()}
         if name.endswith(LFS_SUFFIXES):
-            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
-                            "pointerSize": 134}  # fmt: skip
+            entry["lfs"] = {"oid": _sha256(data), "size": size, "pointerSize": 134}
         return entry
 
     def _resolve(self, handler, kind, repo_id, revision, filename, head) -> None:
@@ -267,6 +291,9 @@ class FakeHub:
             self._error(handler, "RevisionNotFound", head)
             return
         data = commit.files.get(filename)
+        if isinstance(data, Pointer):  # listed, never served: a download here is a test bug
+            self._reply(handler, 501, b"a metadata-only file", head=head)
+            return
         if data is None:
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit.sha}
             self._reply(handler, 404, b"entry not found", headers, head)

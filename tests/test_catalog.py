@@ -425,8 +425,9 @@ CONFIG = b'{"model_type": "olmo2", "max_position_embeddings": 4096}'
 
 
 def lay_out_cache(hub: Path, repo: str, revisions: list[str]) -> dict[str, str]:
-    """A hub cache holding config.json at each revision (the documented layout:
-    models--org--name/refs/<revision> -> snapshots/<commit>/), as a download leaves it."""
+    """A hub cache holding config.json and weights at each revision (the documented layout:
+    models--org--name/refs/<revision> -> snapshots/<commit>/), as a download leaves it (the
+    weights are a stand-in: planning reads their names and digests, never their tensors)."""
     storage = hub / f"models--{repo.replace('/', '--')}"
     commits = {}
     for revision in revisions:
@@ -436,6 +437,7 @@ def lay_out_cache(hub: Path, repo: str, revisions: list[str]) -> dict[str, str]:
         snapshot = storage / "snapshots" / commit
         snapshot.mkdir(parents=True, exist_ok=True)
         (snapshot / "config.json").write_bytes(CONFIG)
+        (snapshot / "model.safetensors").write_bytes(f"weights of {revision}".encode())
         commits[revision] = commit
     return commits
 

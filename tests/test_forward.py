@@ -11,7 +11,11 @@ import torch
 from huggingface_hub import snapshot_download
 
 import ckptlab.orchestrator.worker as worker_module
-from ckptlab.analyses.registry import Need
+from ckptlab import architectures
+from ckptlab.analyses.capture import Unavailable
+from ckptlab.analyses.logit_lens import logit_lens
+from ckptlab.analyses.registry import Need, NoParams
+from ckptlab.architectures import LogitOp
 from ckptlab.hub import load_model, load_tokenizer
 from ckptlab.orchestrator.forward import capture_forward, final_norm_module
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
@@ -68,6 +72,22 @@ def test_only_what_is_needed_is_captured(pico_s):
         assert len(calls) == 3  # no forward pass for weight-only analyses
     finally:
         hook.remove()
+
+
+def test_the_readout_self_check_passes_and_catches_a_small_error(pico_s, monkeypatch):
+    """The readout (final norm + head + the family's post-processing) reproduces the model's
+    logits on pico; a post-processing off by 0.1 % is caught, the pass goes on without it."""
+    needs = {Need.HIDDEN_STATES, Need.READOUT, Need.TOKEN_NLL}
+    capture = capture_forward(pico_s, _tokens(), needs, 2, 512)
+    assert capture.unavailable == {}
+    monkeypatch.setattr(architectures, "logit_op", lambda model: LogitOp("multiply", 1.001))
+    capture = capture_forward(pico_s, _tokens(), needs, 2, 512)
+    why = capture.unavailable[Need.READOUT]
+    assert why.startswith("readout self-check failed: final_norm+head gives logits up to ")
+    assert why.endswith("model_type gpt_neox)") and "\n" not in why
+    with pytest.raises(Unavailable, match="readout self-check failed"):
+        logit_lens(capture, NoParams())
+    assert capture.hidden_states is not None and capture.token_nll is not None
 
 
 def test_a_unit_loads_once_and_runs_one_pass_per_input_set(pico_hub, monkeypatch):

@@ -202,7 +202,11 @@ def test_mlflow_lineage(first_run, tmp_path):
                 assert row.height == 1 and point.value == pytest.approx(row["value"].item())
         # Commits: one table per model run, not a tag per revision.
         table = client.download_artifacts(child.info.run_id, "checkpoints.csv", str(tmp_path))
-        logged = pl.read_csv(table, schema_overrides={"commit": pl.String}).drop("tokens_seen")
+        logged = pl.read_csv(table, schema_overrides={"commit": pl.String})
+        assert set(logged["weight_format"]) == {"safetensors"}  # pico: one model.safetensors
+        assert logged["duplicate_of"].is_null().all()
+        assert child.data.tags["ckptlab.weight_format"] == "safetensors"
+        logged = logged.drop("tokens_seen", "weight_format", "duplicate_of")
         expected = mine.select("revision", "step", pl.col("commit_sha").alias("commit")).unique()
         assert_frame_equal(logged.sort("step"), expected.sort("step"))
         assert child.data.tags["ckptlab.checkpoints"] == str(len(STEPS))

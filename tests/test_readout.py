@@ -14,6 +14,7 @@ from ckptlab.analyses.head_rank_proxy import HeadRankParams, head_rank_proxy
 from ckptlab.analyses.logit_lens import logit_lens
 from ckptlab.analyses.registry import NoParams
 from ckptlab.analyses.singular_entropy import SingularEntropyParams, singular_entropy
+from ckptlab.architectures import LogitOp
 
 from reference import naive_cross_entropy
 
@@ -72,6 +73,37 @@ def test_head_rank_proxy_equals_explicit_truncations(capture):
     full = naive_cross_entropy(h @ capture.lm_head_weight.numpy().T, tokens)
     assert rows["cross_entropy_full_rank"] == pytest.approx(full, rel=1e-6)
     assert rows["cross_entropy_rank_99"] == pytest.approx(full, rel=1e-6)  # r >= d: W_r = W
+
+
+@pytest.mark.parametrize(
+    ("op", "post"),
+    [
+        (LogitOp("divide", 4.0), lambda z: z / 4.0),
+        (LogitOp("multiply", 0.0625), lambda z: z * 0.0625),
+        (LogitOp("softcap", 1.5), lambda z: np.tanh(z / 1.5) * 1.5),
+    ],
+)
+def test_the_readout_applies_the_family_post_processing(capture, op, post):
+    """Granite's division, Cohere's scale, Gemma 2's soft-cap: after the head, in the logit
+    lens and in every rank of the head rank proxy alike."""
+    capture.logit_transform = op
+    norm = capture.final_norm
+    w = capture.lm_head_weight.numpy()
+    tokens = capture.input_ids.numpy()
+    lens = {r.layer: r.value for r in logit_lens(capture, NoParams())}
+    for k, h in enumerate(capture.hidden_states):
+        h = h.numpy()
+        if k < LAYERS:
+            h = _layer_norm(h, norm.weight.detach().numpy(), norm.bias.detach().numpy(), norm.eps)
+        assert lens[k] == pytest.approx(naive_cross_entropy(post(h @ w.T), tokens), rel=1e-6)
+    rows = {r.metric: r.value for r in head_rank_proxy(capture, HeadRankParams(ranks=[2]))}
+    u, s, vh = np.linalg.svd(w, full_matrices=False)
+    h = capture.hidden_states[-1].numpy()
+    w_2 = (u[:, :2] * s[:2]) @ vh[:2]
+    expected = naive_cross_entropy(post(h @ w_2.T), tokens)
+    assert rows["cross_entropy_rank_2"] == pytest.approx(expected, rel=1e-6)
+    full = naive_cross_entropy(post(h @ w.T), tokens)
+    assert rows["cross_entropy_full_rank"] == pytest.approx(full, rel=1e-6)
 
 
 def test_singular_entropy_energy_variant_and_effective_rank():

@@ -2,9 +2,9 @@
 
 - A repo's remote code runs only when a spec sets ``loading.trust_remote_code``, and the run
   records which (DuckDB ``runs.trust_remote_code``, MLflow param and tag).
-- Pickled weights (``pytorch_model.bin``) are refused unless ``loading.allow_pickle_weights``;
-  allowed, they load with ``weights_only=True``: a pickle whose ``__reduce__`` runs a command
-  never runs it, a benign one gives the safetensors checkpoint's values.
+- Pickled weights (``pytorch_model.bin``) load by default with ``weights_only=True``: a pickle
+  whose ``__reduce__`` runs a command never runs it, a benign one gives the safetensors
+  checkpoint's values; ``loading.allow_pickle_weights: false`` refuses them at plan time.
 - An ``HF_TOKEN`` in the run's environment is written nowhere: DuckDB, MLflow, the output,
   Ray's session logs, the runtime env Ray received, any process' command line.
 - ``ckptlab query`` runs reads only: writes, file and network access, ATTACH, extensions,
@@ -206,30 +206,31 @@ VALUES = "SELECT step, analysis, metric, layer, value FROM results WHERE item IS
 # ------------------------------------------------------------------------------- pickles
 
 
-def test_pickle_weights_refused_unless_allowed_then_equal_to_safetensors(
+def test_pickle_weights_load_by_default_equal_to_safetensors_refused_when_set(
     sec_home, reference, tmp_path, reliability
 ):
     models = "{repo: sec/bin-only, revisions: [step0, step100]}"
     refused_db = tmp_path / "refused" / "r.duckdb"
     refused_db.parent.mkdir()
-    refused = ckptlab_run(spec_file(tmp_path, "pickle-default", models), refused_db, sec_home)
+    refused = ckptlab_run(
+        spec_file(tmp_path, "pickle-refused", models, {"allow_pickle_weights": False}),
+        refused_db,
+        sec_home,
+    )
     failures = rows(refused_db, "SELECT revision, analysis, error FROM failures")
-    errors = {reason(error) for *_, error in failures}
+    # Refused at plan time: 'resolve: sec/bin-only@stepN: <reason>', the same for both steps.
+    errors = {error.split(": ", 2)[-1] for *_, error in failures}
 
     allowed_db = tmp_path / "allowed" / "r.duckdb"
     allowed_db.parent.mkdir()
-    allowed = ckptlab_run(
-        spec_file(tmp_path, "pickle-allowed", models, {"allow_pickle_weights": True}),
-        allowed_db,
-        sec_home,
-    )
+    allowed = ckptlab_run(spec_file(tmp_path, "pickle-default", models), allowed_db, sec_home)
     expected = {tuple(r[:4]): r[4] for r in rows(reference, VALUES)}
     got = {tuple(r[:4]): r[4] for r in rows(allowed_db, VALUES)}
     worst = max((abs(got[k] - v) for k, v in expected.items() if k in got), default=None)
     reliability.row(
         "Security",
         "pickle-only checkpoints (pytorch_model.bin, pico-xs steps 0 and 100), "
-        "allow_pickle_weights off, then on",
+        "allow_pickle_weights: false, then the default (on)",
         f"off: exit {refused.returncode}, {len(failures)} of 4 cells failed: "
         f"{sorted(errors)[0] if errors else 'none'!r}; on: exit "
         f"{allowed.returncode}, {len(got)} values, {len(expected)} in the safetensors run, "
@@ -240,10 +241,11 @@ def test_pickle_weights_refused_unless_allowed_then_equal_to_safetensors(
     assert len(failures) == 4 and len(errors) == 1, failures
     (error,) = errors
     assert "only pickled weights (pytorch_model.bin), refused" in error
-    assert "set loading.allow_pickle_weights" in error and "\n" not in error
+    assert "loading.allow_pickle_weights: false" in error and "\n" not in error
     assert rows(refused_db, "SELECT count(*) FROM cells") == [(0,)]
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert rows(allowed_db, "SELECT count(*) FROM failures") == [(0,)]
+    assert rows(allowed_db, "SELECT DISTINCT weight_format FROM checkpoints") == [("pickle",)]
     assert len(expected) == 16 and got.keys() == expected.keys()
     assert worst == 0.0  # the same tensors: the same values, bit for bit
 

@@ -102,6 +102,12 @@ def plan_summary(spec: Spec, the_plan) -> dict:
                 "commit": u.commit,
                 "cells": len(u.cells),
                 "missing": len(u.missing),
+                "weight_format": u.layout.format if u.layout else None,
+                "weights": [
+                    {"file": f.path, "size": f.size, "sha256": f.sha256}
+                    for f in (u.layout.files if u.layout else ())
+                ],
+                "duplicate_of": u.duplicate_of.revision if u.duplicate_of else None,
             }
             for u in the_plan.units
         ],
@@ -113,8 +119,19 @@ def plan_summary(spec: Spec, the_plan) -> dict:
                 "error": u.error,
             }
             for u in the_plan.units
-            if u.commit is None
+            if u.error is not None
         ],
+        "duplicates": [
+            {
+                "model": d.unit.model,
+                "revision": d.unit.revision,
+                "same_as": d.same_as.revision,
+                "files": list(d.files),
+                "whole": d.whole,
+            }
+            for d in the_plan.duplicates
+        ],
+        "bytes_to_download": the_plan.bytes_to_download(),
     }
 
 
@@ -144,10 +161,10 @@ def plan(spec_path: SpecArg, db: DbOption = None, json_output: JsonOption = Fals
             str(cells),
             str(cells - missing),
             str(missing),
-            str(sum(u.commit is None for u in units)),
+            str(sum(u.error is not None for u in units)),
         )
     console.print(table)
-    unresolved_count = sum(u.commit is None for u in the_plan.units)
+    unresolved_count = sum(u.error is not None for u in the_plan.units)
     console.print(
         f"{len(the_plan.units)} checkpoints ({len(the_plan.todo)} with work), "
         f"{the_plan.total_cells} cells: {the_plan.total_cells - the_plan.missing_cells} done, "
@@ -155,6 +172,8 @@ def plan(spec_path: SpecArg, db: DbOption = None, json_output: JsonOption = Fals
         + (f"; {unresolved_count} checkpoints unresolved" if unresolved_count else ""),
         soft_wrap=True,
     )
+    for line in weights_summary(the_plan):
+        console.print(line, highlight=False, soft_wrap=True)
     # One line per model and reason: an offline plan of 154 Pythia steps is one line.
     unresolved: dict[tuple[str, str], list] = {}
     for unit in the_plan.units:
@@ -170,6 +189,54 @@ def plan(spec_path: SpecArg, db: DbOption = None, json_output: JsonOption = Fals
             highlight=False,
             soft_wrap=True,
         )
+
+
+def weights_summary(the_plan) -> list[str]:
+    """Per model: how its weights are stored, what a run downloads, and which revisions
+    repeat another's weights (whole, or some shards), from the hub's metadata."""
+    from ckptlab.weights import format_bytes
+
+    to_download = the_plan.bytes_to_download()["models"]
+    lines = []
+    by_model: dict[str, list] = {}
+    for unit in the_plan.units:
+        by_model.setdefault(unit.checkpoint.model, []).append(unit)
+    policy = the_plan.spec.loading.duplicates
+    for model, units in by_model.items():
+        formats = sorted({u.layout.format for u in units if u.layout})
+        if not formats:
+            continue
+        files = max(len(u.layout.files) for u in units if u.layout)
+        download = (
+            f", {format_bytes(to_download[model])} to download" if model in to_download else ""
+        )
+        lines.append(
+            f"{model}: {' + '.join(formats)} weights ({files} file{'s' * (files > 1)} per "
+            f"revision){download}"
+        )
+        whole = [d for d in the_plan.duplicates if d.unit.model == model and d.whole]
+        if whole:
+            groups: dict[str, int] = {}
+            for d in whole:
+                groups[d.same_as.revision] = groups.get(d.same_as.revision, 0) + 1
+            shown = ", ".join(
+                f"{n} = {rev}" for rev, n in sorted(groups.items(), key=lambda g: -g[1])
+            )
+            action = {"skip": "copied, not computed", "compute": "computed anyway",
+                      "fail": "failed"}[policy]  # fmt: skip
+            lines.append(
+                f"[yellow]duplicates[/yellow] {model}: {len(whole)} of {len(units)} revisions "
+                f"repeat an earlier revision's weights ({shown}): {action} "
+                f"(loading.duplicates: {policy})"
+            )
+        for d in the_plan.duplicates:
+            if d.unit.model == model and not d.whole:
+                lines.append(
+                    f"[yellow]shared shards[/yellow] {model}@{d.unit.revision} shares "
+                    f"{', '.join(d.files)} with {d.same_as.revision} (computed: other shards "
+                    "differ)"
+                )
+    return lines
 
 
 class Executor(StrEnum):
@@ -245,6 +312,8 @@ def run(
     table = Table(title=f"{spec.name}: run {summary.run_id[:8]}", show_header=False)
     table.add_row("checkpoints", f"{summary.checkpoints} ({summary.checkpoints_run} with work)")
     table.add_row("cells computed", str(summary.cells_computed))
+    if summary.cells_copied:
+        table.add_row("cells copied (duplicate weights)", str(summary.cells_copied))
     table.add_row("cells already stored", str(summary.cells_cached))
     table.add_row("cells failed", str(summary.cells_failed))
     table.add_row("metric rows written", str(summary.metric_rows))
@@ -370,6 +439,7 @@ def run_summary(spec: Spec, summary, db_path, tracking_uri: str) -> dict:
         "checkpoints_run": summary.checkpoints_run,
         "cells_total": summary.cells_total,
         "cells_computed": summary.cells_computed,
+        "cells_copied": summary.cells_copied,
         "cells_cached": summary.cells_cached,
         "cells_failed": summary.cells_failed,
         "metric_rows": summary.metric_rows,
