@@ -270,6 +270,15 @@ def logit_op(model) -> LogitOp | None:
     return LogitOp(arch.logits, float(value))
 
 
+def declared_logit_op(config: dict) -> str | None:
+    """From a config.json alone (planning has no model): the family's post-processing of
+    head(h) with its value, e.g. "divide 4.0"; None when logits are head(h) itself."""
+    arch = TABLE.get(config.get("model_type"))
+    if arch is None or arch.logits == "none" or config.get(arch.logits_config) is None:
+        return None
+    return f"{arch.logits} {float(config[arch.logits_config])}"
+
+
 def tied_head(model) -> bool:
     """Whether the LM head's weight is the input embedding matrix, read from the loaded model
     (the same tensor, or the same storage when loading put the two apart as views)."""

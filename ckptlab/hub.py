@@ -2,8 +2,9 @@
 
 ``snapshot_download(repo, revision=...)`` then ``from_pretrained(folder)``: the same calls fetch
 ``EleutherAI/pythia-160m@step1000`` on a machine with hub access and ``pico/pico-s@step100``
-from the local cache offline. Only safetensors weights are fetched unless a spec opts in to
-pickled ``.bin`` files (loaded with ``weights_only``); remote code is never trusted by default.
+from the local cache offline. Exactly the weight files the plan chose are fetched (one layout:
+safetensors first, pickled ``.bin`` files loaded with ``weights_only`` unless a spec refuses
+them; ``ckptlab.weights``); remote code is never trusted by default.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ckptlab.weights import remember_refs, remembered_commit
+from ckptlab.weights import remember_refs, remembered_refs
 
 # Everything but weights: what planning reads (the tokenizer, the config).
 TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.txt", "*.model", "*.tiktoken"]
@@ -149,9 +150,10 @@ def resolve_commits(
     offline = local_only or hub_offline()
     # The hub cache's refs first; then the hub's last listing, kept by an online plan: a
     # revision never downloaded (a duplicate a run skipped) still has its commit offline.
+    remembered = remembered_refs(repo)
     return {
         rev: cached_commit(repo, rev, cache_dir)
-        or remembered_commit(repo, rev)
+        or remembered.get(rev)
         or CheckpointError(f"{repo}@{rev}", _not_cached(offline))
         for rev in revisions
     }

@@ -27,6 +27,7 @@ import polars as pl
 import tenacity
 
 from ckptlab.interrupts import is_ctrl_c, sigint_after_block
+from ckptlab.keys import DEFAULT_DTYPE, cell_identity
 from ckptlab.rows import CellRow, CheckpointRow, FailureRow, MetricRow, UnitRow
 
 SCHEMA = """
@@ -270,6 +271,7 @@ class ResultStore:
     def ensure_schema(self) -> None:
         with self.transaction() as con:
             con.execute(SCHEMA)
+            _rekey_dtype_cells(con)
 
     # ---------------------------------------------------------------------- reading
 
@@ -588,8 +590,9 @@ class ResultStore:
         repeats: ``pairs`` is (new cell key, stored cell key). One transaction: the checkpoint
         row (flagged ``duplicate_of``), each cell with ``copied_from`` and its metric rows.
         Returns the copied values per new key (layer, metric, value, task, shots, task_seed),
-        per-item rows left out, as ``persist`` hands them to MLflow; a pair whose source
-        is not stored is not in it."""
+        per-item rows left out, as ``persist`` hands them to MLflow; a new key already stored
+        (another run's copy, or the same commit under two names) is in it with no values; a
+        pair whose source is not stored is not in it."""
         frame = pl.DataFrame(
             {"cell_key": [new for new, _ in pairs], "source": [old for _, old in pairs]},
             schema={"cell_key": pl.String, "source": pl.String},
@@ -598,13 +601,15 @@ class ResultStore:
             con.execute("UPDATE runs SET heartbeat_at = now() WHERE run_id = ?", [run_id])
             con.execute(
                 "INSERT INTO checkpoints (model, revision, step, commit_sha, suite, size, seed,"
-                " first_seen, weights_sha256, tokens_seen, stage, weight_format, duplicate_of)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?)"
+                " first_seen, weights_sha256, tokens_seen, stage, weight_format, duplicate_of,"
+                " model_type, tied_head) SELECT ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?,"
+                " any_value(model_type), any_value(tied_head) FROM checkpoints"
+                " WHERE model = ? AND revision = ?"  # the same weights: the same architecture
                 " ON CONFLICT DO UPDATE SET duplicate_of = excluded.duplicate_of",
                 [checkpoint.model, checkpoint.revision, checkpoint.step, checkpoint.commit_sha,
                  checkpoint.suite, checkpoint.size, checkpoint.seed, checkpoint.weights_sha256,
                  checkpoint.tokens_seen, checkpoint.stage, checkpoint.weight_format,
-                 duplicate_of],
+                 duplicate_of, checkpoint.model, duplicate_of],
             )  # fmt: skip
             con.register("copies", frame)
             copied = con.execute(
@@ -628,9 +633,12 @@ class ResultStore:
                 " JOIN metrics m ON m.cell_key = k.source"
                 " RETURNING cell_key, layer, metric, value, task, shots, task_seed, item"
             ).fetchall()
+            stored = con.execute(
+                "SELECT cell_key FROM cells WHERE cell_key IN (SELECT cell_key FROM copies)"
+            ).fetchall()
             con.unregister("copied")
             con.unregister("copies")
-        values: dict[str, list[tuple]] = {key: [] for (key,) in copied}
+        values: dict[str, list[tuple]] = {key: [] for (key,) in stored}
         for key, *value, item in rows:
             if item is None:
                 values[key].append(tuple(value))
@@ -641,12 +649,37 @@ class ResultStore:
             _insert_failures(con, run_id, failures)
 
 
+def _rekey_dtype_cells(con: duckdb.DuckDBPyConnection) -> None:
+    """Once per database: cells computed in another dtype than float32 before the dtype was
+    part of a cell's key were stored under the float32 key; give them their own (``cells``,
+    ``metrics``, ``failures``, ``run_cells``), so a float32 run never takes them for its own."""
+    con.execute("CREATE TABLE IF NOT EXISTS migrations (name VARCHAR PRIMARY KEY)")
+    name = "dtype-in-cell-key"
+    if con.execute("SELECT count(*) FROM migrations WHERE name = ?", [name]).fetchone()[0]:
+        return
+    cells = con.execute(
+        "SELECT cell_key, commit_sha, analysis, analysis_version, params_json, input_set_id,"
+        " code_hash, dtype FROM cells WHERE dtype IS NOT NULL AND dtype != ?",
+        [DEFAULT_DTYPE],
+    ).fetchall()
+    for key, commit, analysis, version, params, input_set_id, code_hash, dtype in cells:
+        identity = (commit, analysis, version, params, input_set_id, code_hash)
+        if key != cell_identity(*identity):  # keyed with its dtype already
+            continue
+        new = cell_identity(*identity, dtype)
+        for table in ("cells", "metrics", "failures", "run_cells"):
+            con.execute(f"UPDATE {table} SET cell_key = ? WHERE cell_key = ?", [new, key])
+    con.execute("INSERT INTO migrations VALUES (?)", [name])
+
+
 def _flag_duplicates(con: duckdb.DuckDBPyConnection, model: str, digest: str) -> None:
     """Revisions of one model with byte-identical weights (a known defect of public suites:
     Pythia #205, OLMo #915): every one but the earliest points at the earliest."""
     con.execute(
         "UPDATE checkpoints SET duplicate_of = first.revision FROM (SELECT revision, step"
-        " FROM checkpoints WHERE model = ? AND weights_sha256 = ? ORDER BY step, revision"
+        " FROM checkpoints WHERE model = ? AND weights_sha256 = ?"
+        # training order, as the plan's (CheckpointRef.order): tokens seen, else stage, step
+        " ORDER BY tokens_seen IS NULL, tokens_seen, stage NULLS FIRST, step, revision"
         " LIMIT 1) AS first WHERE checkpoints.model = ? AND checkpoints.weights_sha256 = ?"
         " AND checkpoints.revision != first.revision",
         [model, digest, model, digest],

@@ -81,50 +81,72 @@ class WeightsError(ValueError):
     """A revision whose weights cannot be loaded as listed; ``str(err)`` is one line."""
 
 
-def _shards(names: set[str], pattern: re.Pattern) -> tuple[list[str], list[str]]:
-    """(present shards, missing shard names) of a ``-0000k-of-0000n`` layout."""
-    found = sorted(n for n in names if pattern.fullmatch(n))
-    if not found:
+def _complete_shards(names: set[str], pattern: re.Pattern) -> tuple[list[str], list[str]]:
+    """(the shards of a complete ``-0000k-of-0000n`` set, the names missing from the most
+    nearly complete set when none is complete). A stale set beside the current one (2 shards
+    next to 3) is never mixed in: shards are grouped by their total."""
+    sets: dict[int, dict[int, str]] = {}
+    for name in names:
+        found = pattern.fullmatch(name)
+        if found:
+            sets.setdefault(int(found.group(2)), {})[int(found.group(1))] = name
+    complete = [total for total, shards in sets.items() if len(shards) == total]
+    if complete:
+        shards = sets[max(complete)]
+        return [shards[k] for k in sorted(shards)], []
+    if not sets:
         return [], []
-    width = len(pattern.fullmatch(found[0]).group(1))
-    total = int(pattern.fullmatch(found[0]).group(2))
-    stem, suffix = found[0].split("-")[0], found[0].rsplit(".", 1)[1]
-    expected = [f"{stem}-{k:0{width}d}-of-{total:0{width}d}.{suffix}" for k in range(1, total + 1)]
-    return found, [n for n in expected if n not in names]
+    total, shards = max(sets.items(), key=lambda item: len(item[1]))
+    example = next(iter(shards.values()))
+    width = len(pattern.fullmatch(example).group(1))
+    stem, suffix = example.split("-")[0], example.rsplit(".", 1)[1]
+    missing = [f"{stem}-{k:0{width}d}-of-{total:0{width}d}.{suffix}"
+               for k in range(1, total + 1) if k not in shards]  # fmt: skip
+    return [], missing
 
 
 def _sharded(files: dict[str, RepoFile], kind: str, pattern, index: str) -> WeightLayout | None:
-    names = set(files)
-    shards, missing = _shards(names, pattern)
-    if not shards:
-        return None
+    shards, missing = _complete_shards(set(files), pattern)
     if missing:
         raise WeightsError(f"weight shards missing: {', '.join(missing)}")
-    if index not in names:
+    if not shards:
+        return None
+    if index not in files:
         raise WeightsError(f"{len(shards)} weight shards but no {index}")
     return WeightLayout(f"{kind}-sharded", tuple(files[n] for n in shards), index)
 
 
 def choose_layout(files: dict[str, RepoFile], allow_pickle: bool) -> WeightLayout:
-    """How to load a revision listed as ``files`` (top-level name -> file): safetensors
-    first, pickles only when ``allow_pickle``; a one-line WeightsError otherwise."""
-    safe = _sharded(files, "safetensors", _SAFE_SHARD, SAFE_INDEX)
-    if safe is not None:
-        return safe
+    """How to load a revision listed as ``files`` (top-level name -> file), in transformers'
+    own order: model.safetensors, the safetensors shards, then (only when ``allow_pickle``)
+    pytorch_model.bin and its shards. A layout that is incomplete gives way to the next one;
+    when none loads, the one-line WeightsError says why."""
     if SAFE_SINGLE in files:
         return WeightLayout("safetensors", (files[SAFE_SINGLE],))
+    incomplete: WeightsError | None = None
+    try:
+        safe = _sharded(files, "safetensors", _SAFE_SHARD, SAFE_INDEX)
+        if safe is not None:
+            return safe
+    except WeightsError as err:
+        incomplete = err
     pickles = sorted(n for n in files if n == PICKLE_SINGLE or _PICKLE_SHARD.fullmatch(n))
     if pickles and not allow_pickle:
         shown = ", ".join(pickles[:3]) + (", ..." if len(pickles) > 3 else "")
-        raise WeightsError(
+        raise incomplete or WeightsError(
             f"only pickled weights ({shown}), refused by loading.allow_pickle_weights: false "
             "(set it true to load them with torch's weights_only unpickler)"
         )
-    sharded = _sharded(files, "pickle", _PICKLE_SHARD, PICKLE_INDEX)
-    if sharded is not None:
-        return sharded
     if PICKLE_SINGLE in files:
         return WeightLayout("pickle", (files[PICKLE_SINGLE],))
+    try:
+        sharded = _sharded(files, "pickle", _PICKLE_SHARD, PICKLE_INDEX)
+    except WeightsError as err:
+        raise incomplete or err from None
+    if sharded is not None:
+        return sharded
+    if incomplete is not None:
+        raise incomplete
     return _no_weights(files)
 
 
@@ -242,9 +264,9 @@ def remember_refs(repo: str, refs: dict[str, str]) -> None:
         cache.save(repo)
 
 
-def remembered_commit(repo: str, revision: str) -> str | None:
-    """The commit the last online listing gave a revision, if any."""
-    return ListingCache().refs(repo).get(revision)
+def remembered_refs(repo: str) -> dict[str, str]:
+    """The branch -> commit map the last online listing of a repo gave (empty if none)."""
+    return ListingCache().refs(repo)
 
 
 def snapshot_folder(hub_dir: Path, repo: str, commit: str) -> Path:
@@ -271,7 +293,9 @@ def list_revisions_files(
         elif online:
             to_ask.append((repo, commit))
         else:
-            local = folder_files(snapshot_folder(hub_dir, repo, commit))
+            # Plain files (a hand-laid cache) are not hashed here: planning stays fast on
+            # big caches; the worker hashes what it loads (checkpoints.weights_sha256).
+            local = folder_files(snapshot_folder(hub_dir, repo, commit), digests=False)
             found[(repo, commit)] = local or "not in the local hub cache (offline)"
     if to_ask:
         with ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="hub-listing") as pool:

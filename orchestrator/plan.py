@@ -8,14 +8,14 @@ the cells of that analysis.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptlab.analyses.plugins import PluginCode, loaded_code
-from ckptlab.analyses.registry import AnalysisDef, get_analysis
+from ckptlab.analyses.registry import AnalysisDef, Need, get_analysis
+from ckptlab.architectures import declared_logit_op
 from ckptlab.catalog import SUITES, Checkpoint, Suite, stage_rank
 from ckptlab.home import NotCached
 from ckptlab.hub import (
@@ -30,6 +30,7 @@ from ckptlab.hub import (
     resolve_commits,
 )
 from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize
+from ckptlab.keys import DEFAULT_DTYPE, canonical_json, cell_identity, sha256_hex
 from ckptlab.spec import (
     HubModels,
     LocalModels,
@@ -40,7 +41,6 @@ from ckptlab.spec import (
     step_from_revision,
 )
 from ckptlab.weights import (
-    ListingCache,
     WeightLayout,
     WeightsError,
     choose_layout,
@@ -184,17 +184,6 @@ class Plan:
         return {"total": sum(per_model.values()), "models": per_model}
 
 
-def canonical_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-DEFAULT_DTYPE = "float32"
-
-
 def cell_key(
     commit: str,
     definition: AnalysisDef,
@@ -202,15 +191,17 @@ def cell_key(
     input_set_id: str | None,
     dtype: str = DEFAULT_DTYPE,
 ):
-    identity = [commit, definition.name, definition.version, params_json, input_set_id]
-    if definition.origin.source_hash:  # a plug-in: its code is part of what a cell is
-        identity.append(definition.origin.source_hash)
-    # The dtype the weights ran in is part of the cell: bf16 and fp32 values differ. It joins
-    # the identity only when it is not the default, so float32 cells keep the keys they were
-    # stored under before dtype was part of it (a rerun does not recompute them).
-    if dtype != DEFAULT_DTYPE:
-        identity.append(dtype)
-    return sha256_hex(canonical_json(identity))
+    """The cell's content key (``ckptlab.keys``): bf16 and fp32 values differ, so the dtype
+    the weights ran in is part of it."""
+    return cell_identity(
+        commit,
+        definition.name,
+        definition.version,
+        params_json,
+        input_set_id,
+        definition.origin.source_hash,
+        dtype,
+    )
 
 
 @dataclass(frozen=True)
@@ -254,9 +245,6 @@ def list_revisions(
             commit = cached_commit(repo, name, Path(hub_dir))
             if commit:
                 commits[name] = commit
-    # And the revisions the hub last listed (an online plan kept them): those never downloaded
-    # resolve too, and are unresolved later only if their weights are needed and not cached.
-    commits = ListingCache().refs(repo) | commits
     if not commits:
         return CheckpointError(repo, _not_cached(True))
     return Listing(commits, False)
@@ -560,7 +548,7 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                 model_configs[ref.model] = (
                     json.loads(config.read_text()) if config.is_file() else {}
                 )
-                needs_code = remote_code_needed(ref.model, model_configs[ref.model], spec)
+                needs_code = remote_code_needed(model_configs[ref.model], spec)
                 if needs_code:
                     model_errors[ref.model] = unit.error = needs_code
                     unit.layout = None
@@ -588,6 +576,12 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
             definition = definitions[entry.key]
             params = definition.params_model.model_validate(entry.params)
             resolved_params = params.model_dump(mode="json") | contexts.get(entry.key, {})
+            post = declared_logit_op(model_configs.get(ref.model, {}))
+            if post and definition.needs & {Need.TOKEN_NLL, Need.READOUT}:
+                # Logits post-processed by the family (Granite, Cohere, Gemma 2) were read
+                # without it before the architecture table: their cells are new ones, never
+                # the stored wrong values. Every other family keeps its keys.
+                resolved_params["logits"] = post
             reference = reference_of.get((ref.model, entry.key))
             if reference is not None:
                 # The reference's commit is part of the cell: a new reference, new cells.
@@ -647,10 +641,10 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
             unit.error, unit.layout = model_errors[unit.checkpoint.model], None
     duplicates = find_duplicates(units)
     apply_duplicate_policy(spec, units, duplicates, set(reference_of.values()))
-    require_cached_weights(units, hub_dir)
     done = done_keys([c.key for u in units for c in u.cells if c.key])
     for unit in units:
         unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
+    require_cached_weights([u for u in units if u.missing], hub_dir)
     needed = {c.reference_key for u in units for c in u.missing if c.reference_key}
     references = {k: v for k, v in references.items() if k in needed}
     plugins = [code for entry in spec.plugins if (code := loaded_code(entry)) is not None]
@@ -671,7 +665,7 @@ class _ModelRefused(Exception):
     """Internal: a model's config refused every checkpoint of it (the reason is recorded)."""
 
 
-def remote_code_needed(model: str, config: dict, spec: Spec) -> str | None:
+def remote_code_needed(config: dict, spec: Spec) -> str | None:
     """One line when a model's ``model_type`` is unknown to the installed transformers (its
     repo's own code would build it) and the spec does not trust remote code; else None. Read
     from config.json before the tokenizer: transformers' own error is a multi-KB ValueError
@@ -686,8 +680,8 @@ def remote_code_needed(model: str, config: dict, spec: Spec) -> str | None:
         return None
     what = f"model_type {model_type!r}" if model_type else "a config without model_type"
     return (
-        f"{model}: {what} is not in transformers {transformers.__version__}: it needs the "
-        "repo's own code; set loading.trust_remote_code: true to run it"
+        f"{what} is not in transformers {transformers.__version__}: it needs the repo's own "
+        "code; set loading.trust_remote_code: true to run it"
     )
 
 
@@ -723,7 +717,10 @@ def weight_layouts(
             continue
         files = listed[(ref.model, commit)]
         if isinstance(files, str):
-            layouts[ref] = files
+            # Offline, not cached is a reason; a listing the hub failed to give is not: the
+            # unit downloads with the default patterns and load_model decides.
+            if (ref.model, commit) in offline:
+                layouts[ref] = files
             continue
         try:
             layouts[ref] = choose_layout(files, allow_pickle)
@@ -788,16 +785,17 @@ def require_cached_weights(units: list[Unit], hub_dir: Path) -> None:
 def apply_duplicate_policy(
     spec: Spec, units: list[Unit], duplicates: list[Duplicate], references: set[CheckpointRef]
 ) -> None:
-    """``loading.duplicates`` on the whole duplicates: skip (copy the earlier revision's rows;
-    a reference checkpoint of a cross-checkpoint analysis still runs, for its sketch), fail
-    (each is a failed checkpoint), or compute (nothing changes here)."""
+    """``loading.duplicates`` on the whole duplicates: skip (copy the earlier revision's rows),
+    fail (each is a failed checkpoint), or compute (nothing changes here). A reference
+    checkpoint of a cross-checkpoint analysis runs whatever the policy, for its sketch."""
     policy = spec.loading.duplicates
     by_ref = {u.checkpoint: u for u in units}
     for duplicate in duplicates:
         unit = by_ref[duplicate.unit]
-        if not duplicate.whole or policy == "compute":
+        # A reference checkpoint always runs: the other checkpoints' cells read its sketch.
+        if not duplicate.whole or policy == "compute" or duplicate.unit in references:
             continue
         if policy == "fail":
             unit.error = f"same weights as {duplicate.same_as.revision} (loading.duplicates: fail)"
-        elif duplicate.unit not in references:
+        else:
             unit.duplicate_of = duplicate.same_as

@@ -23,10 +23,15 @@ def snapshot_complete(repo: str, commit: str, cache_dir: Path) -> bool:
     folder = Path(cache_dir) / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
     if not (folder / "config.json").is_file():
         return False
+    if (folder / "model.safetensors").is_file() or (folder / "pytorch_model.bin").is_file():
+        return True
+    # Sharded: some index whose shards are all here (a revision's other format's index comes
+    # with the config files, its shards do not).
     for index in folder.glob("*.index.json"):
         shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        return all((folder / shard).is_file() for shard in shards)
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+        if shards and all((folder / shard).is_file() for shard in shards):
+            return True
+    return False
 
 
 def managed_cache() -> bool:

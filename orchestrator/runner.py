@@ -296,6 +296,7 @@ class _Lifecycle:
     def finish(self, status: str, summary: RunSummary) -> None:
         counts = {
             "cells_computed": summary.cells_computed,
+            "cells_copied": summary.cells_copied,
             "cells_cached": summary.cells_cached,
             "cells_failed": summary.cells_failed,
             "checkpoints": summary.checkpoints,
@@ -436,6 +437,11 @@ def run_plan(
         references = cached_sketches(plan, sketch_dir)
         requests = sketch_requests(plan, references)
         reference_errors: dict[str, str] = {}
+        # A reference that cannot run (no weights, not cached, refused) makes no sketch: the
+        # cells that read it fail with its reason; its own cells fail once, as unresolved.
+        for ref in [r for r in requests if units[r].error is not None]:
+            for request in requests.pop(ref):
+                reference_errors[request.key] = f"({ref.label}: {units[ref].error})"
         # Wave 1: the units that make the missing reference sketches (a reference checkpoint
         # whose own cells are all stored still runs, for its sketch only). Wave 2: the rest,
         # built once wave 1 has said which sketches exist.

@@ -95,6 +95,9 @@ class LoopbackCluster:
         temp_dir = self.root / name
         temp_dir.mkdir()
         log = self.root / f"{name}.log"
+        # A node is stopped with SIGINT, so it must not start with SIGINT ignored (as under
+        # pytest run by a shell's `cmd &`): exec resets a caught signal, not an ignored one.
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
         with log.open("w") as out:
             process = subprocess.Popen(
                 [
@@ -113,6 +116,7 @@ class LoopbackCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        signal.signal(signal.SIGINT, before)
         node = Node(process, temp_dir, log)
         self.nodes.append(node)
         deadline = time.monotonic() + 120

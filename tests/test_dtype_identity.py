@@ -8,7 +8,10 @@ import pytest
 from test_plugins import run_inline
 
 from ckptlab.analyses.registry import get_analysis
+from ckptlab.keys import cell_identity
 from ckptlab.orchestrator.plan import DEFAULT_DTYPE, cell_key, reference_key
+from ckptlab.results import ResultStore
+from ckptlab.rows import CellRow, CheckpointRow, MetricRow
 
 SPEC = {
     "name": "dtypes",
@@ -43,3 +46,32 @@ def test_a_bf16_rerun_computes_its_own_cells(pico_hub, tmp_path):
     # A third run in either dtype finds everything stored.
     _, third, _ = run_inline(bf16, tmp_path, pico_hub)
     assert third.run_id is None and third.cells_cached == 4
+
+
+def test_cells_of_another_dtype_under_the_old_float32_key_are_rekeyed_once(tmp_path):
+    """A bf16 cell stored before the dtype joined the key sits under the float32 key: opening
+    the database gives it its bf16 key (its metrics and failures follow), once."""
+    store = ResultStore(tmp_path / "r.duckdb")
+    store.ensure_schema()  # the migration finds nothing, and is marked done: undo that mark
+    with store.transaction() as con:
+        con.execute("DELETE FROM migrations")
+    identity = ("c" * 40, "saturation", 1, "{}", "inputs", None)
+    old = cell_identity(*identity)  # what a bf16 run stored before this change
+    fp32 = cell_identity(*identity[:5], "x" * 64)  # a plug-in's fp32 cell: untouched
+    store.write_unit(
+        "run",
+        CheckpointRow("m", "step1", 1, "c" * 40, None, None, None),
+        [CellRow(old, "c" * 40, "saturation", 1, "{}", "h", "inputs", "cpu", "bfloat16", 0.1),
+         CellRow(fp32, "c" * 40, "saturation", 1, "{}", "h", "inputs", "cpu", "float32", 0.1)],
+        [MetricRow(old, None, "cross_entropy", 3.0), MetricRow(fp32, None, "cross_entropy", 2.0)],
+        [],
+    )  # fmt: skip
+    store.ensure_schema()
+    new = cell_identity(*identity, "bfloat16")
+    rows = store.query("SELECT cell_key, dtype, value FROM results ORDER BY value").rows()
+    assert rows == [(fp32, "float32", 2.0), (new, "bfloat16", 3.0)]
+    assert store.done_cell_keys([old, new]) == {new}
+    store.ensure_schema()  # once: a second open changes nothing
+    assert store.query("SELECT cell_key FROM cells ORDER BY cell_key").rows() == sorted(
+        [(fp32,), (new,)]
+    )

@@ -24,6 +24,7 @@ import yaml
 
 from ckptlab.orchestrator.plan import build_plan
 from ckptlab.spec import parse_spec
+from ckptlab.weights import RepoFile, WeightsError, choose_layout
 
 from fake_hub import FakeHub
 from hub_layouts import (
@@ -207,9 +208,7 @@ def test_a_warm_plan_asks_the_hub_for_refs_only(planned, hub):
     assert "lay/dupes: 2 of 4 revisions repeat an earlier revision's weights" in out
     assert "copied, not computed (loading.duplicates: skip)" in out
     assert "lay/pickle-sharded@step100 shares pytorch_model-00001-of-00003.bin with step64" in out
-    assert (
-        "unresolved lay/custom: step0, step100: lay/custom: model_type 'ckptlab_custom_lm'" in out
-    )
+    assert "unresolved lay/custom: step0, step100: model_type 'ckptlab_custom_lm' is not in" in out
 
 
 @pytest.mark.parametrize(
@@ -329,3 +328,69 @@ def test_hub_layouts_writers_keep_the_tensors(folders):
     for copy in (merged, pickled):
         assert copy.keys() == source.keys()
         assert all(torch.equal(copy[k], source[k]) for k in source)
+
+
+def _listing(*names: str) -> dict[str, RepoFile]:
+    return {n: RepoFile(n, 10, hashlib.sha256(n.encode()).hexdigest()) for n in names}
+
+
+SAFE = [f"model-{k:05d}-of-00003.safetensors" for k in (1, 2, 3)]
+BIN = [f"pytorch_model-{k:05d}-of-00002.bin" for k in (1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("names", "allow_pickle", "expected"),
+    [
+        # transformers' order: the single file first, then the shards, pickles last
+        (["model.safetensors", "model-00001-of-00002.safetensors"], True, ("safetensors", 1)),
+        ([*SAFE, "model.safetensors.index.json", "pytorch_model.bin"], True,
+         ("safetensors-sharded", 3)),
+        # a stale 2-shard set beside the current 3: the complete set, never a mix
+        ([*SAFE, "model-00001-of-00002.safetensors", "model.safetensors.index.json"], True,
+         ("safetensors-sharded", 3)),
+        # incomplete safetensors give way to complete pickles
+        ([SAFE[0], "model.safetensors.index.json", *BIN, "pytorch_model.bin.index.json"], True,
+         ("pickle-sharded", 2)),
+        (["pytorch_model.bin", "training_args.bin"], True, ("pickle", 1)),
+        ([SAFE[0], SAFE[2], "model.safetensors.index.json"], True,
+         "weight shards missing: model-00002-of-00003.safetensors"),
+        ([*BIN], True, "2 weight shards but no pytorch_model.bin.index.json"),
+        (["pytorch_model.bin"], False,
+         "only pickled weights (pytorch_model.bin), refused by loading.allow_pickle_weights"),
+        (["config.json", "consolidated.pth"], True,
+         "no weight files: neither model.safetensors, model-*-of-*.safetensors, "
+         "pytorch_model.bin nor pytorch_model-*-of-*.bin (it has consolidated.pth, which "
+         "transformers does not load)"),
+    ],
+)  # fmt: skip
+def test_choose_layout(names, allow_pickle, expected):
+    if isinstance(expected, str):
+        with pytest.raises(WeightsError) as err:
+            choose_layout(_listing(*names), allow_pickle)
+        assert str(err.value).startswith(expected)
+    else:
+        layout = choose_layout(_listing(*names), allow_pickle)
+        assert (layout.format, len(layout.files)) == expected
+        assert all(n.endswith((".safetensors", ".bin")) for n in layout.names[: len(layout.files)])
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_a_reference_checkpoint_runs_whatever_the_duplicate_policy(planned, monkeypatch, policy):
+    """cka reads the last step's sketch: lay/dupes' step100 repeats step64's weights but is
+    the reference, so it is neither skipped nor failed (step1 is, as the policy says)."""
+    _, home, _, _ = planned
+    monkeypatch.setenv("CKPTLAB_HOME", str(home))
+    spec = SPEC | {
+        "models": [{"repo": "lay/dupes", "revisions": ["step0", "step1", "step64", "step100"]}],
+        "analyses": [{"name": "cka"}],
+        "loading": {"duplicates": policy},
+    }
+    plan = build_plan(parse_spec(spec), home / "hub", lambda keys: set())
+    units = {u.checkpoint.revision: u for u in plan.units}
+    assert {r.checkpoint.revision for r in plan.references.values()} == {"step100"}
+    assert units["step100"].duplicate_of is None
+    assert "loading.duplicates" not in (units["step100"].error or "")
+    if policy == "skip":
+        assert units["step1"].duplicate_of.revision == "step0"
+    else:
+        assert units["step1"].error == "same weights as step0 (loading.duplicates: fail)"

@@ -119,7 +119,7 @@ def plan_summary(spec: Spec, the_plan) -> dict:
                 "error": u.error,
             }
             for u in the_plan.units
-            if u.error is not None
+            if u.error is not None and u.missing  # all stored: nothing it could not do
         ],
         "duplicates": [
             {
@@ -161,10 +161,10 @@ def plan(spec_path: SpecArg, db: DbOption = None, json_output: JsonOption = Fals
             str(cells),
             str(cells - missing),
             str(missing),
-            str(sum(u.error is not None for u in units)),
+            str(sum(bool(u.error and u.missing) for u in units)),
         )
     console.print(table)
-    unresolved_count = sum(u.error is not None for u in the_plan.units)
+    unresolved_count = sum(bool(u.error and u.missing) for u in the_plan.units)
     console.print(
         f"{len(the_plan.units)} checkpoints ({len(the_plan.todo)} with work), "
         f"{the_plan.total_cells} cells: {the_plan.total_cells - the_plan.missing_cells} done, "
@@ -177,7 +177,7 @@ def plan(spec_path: SpecArg, db: DbOption = None, json_output: JsonOption = Fals
     # One line per model and reason: an offline plan of 154 Pythia steps is one line.
     unresolved: dict[tuple[str, str], list] = {}
     for unit in the_plan.units:
-        if unit.error:
+        if unit.error and unit.missing:
             unresolved.setdefault((unit.checkpoint.model, unit.error), []).append(unit)
     for (model, reason), units in unresolved.items():
         revisions = [u.checkpoint.revision for u in units]
