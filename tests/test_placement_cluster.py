@@ -100,12 +100,12 @@ def test_small_checkpoints_share_a_gpu(cluster, tmp_path):
 
 
 def test_a_model_that_fits_no_node_is_refused_before_anything_runs(cluster, tmp_path, pico_hub):
-    """A 13B-shaped config (no weights: placement reads the config alone) on 16 GiB GPUs:
-    ~55 GiB in float32 needs 4 GPUs on one node, and the largest has 2."""
+    """A 13B-shaped config on 16 GiB GPUs (its weights are pico-s's: placement reads the
+    config alone, before anything loads): ~55 GiB in float32 needs 4 GPUs on one node, and
+    the largest has 2."""
     big = tmp_path / "big" / "step1000"
     source = snapshot_folder(pico_hub, "pico/pico-s", "step0")
     shutil.copytree(source, big)
-    (big / "model.safetensors").unlink()
     config = json.loads((big / "config.json").read_text())
     config |= {"hidden_size": 4096, "num_hidden_layers": 64, "num_attention_heads": 32,
                "intermediate_size": 16384}  # fmt: skip

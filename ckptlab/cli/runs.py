@@ -216,11 +216,14 @@ def weights_summary(the_plan) -> list[str]:
         )
         whole = [d for d in the_plan.duplicates if d.unit.model == model and d.whole]
         if whole:
-            groups: dict[str, int] = {}
+            groups: dict[str, list[str]] = {}
             for d in whole:
-                groups[d.same_as.revision] = groups.get(d.same_as.revision, 0) + 1
+                groups.setdefault(d.same_as.revision, []).append(d.unit.revision)
+            # Each group: its members and the revision they repeat; a long one by its count.
             shown = ", ".join(
-                f"{n} = {rev}" for rev, n in sorted(groups.items(), key=lambda g: -g[1])
+                f"{' and '.join(members) if len(members) <= 2 else f'{len(members)} revisions'}"
+                f" = {revision}"
+                for revision, members in sorted(groups.items(), key=lambda g: -len(g[1]))
             )
             action = {"skip": "copied, not computed", "compute": "computed anyway",
                       "fail": "failed"}[policy]  # fmt: skip
