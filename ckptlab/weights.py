@@ -269,8 +269,13 @@ def remembered_refs(repo: str) -> dict[str, str]:
     return ListingCache().refs(repo)
 
 
+def repo_cache_folder(hub_dir: Path, repo: str) -> Path:
+    """A repo's folder in a hub cache (its refs/, snapshots/ and blobs/)."""
+    return Path(hub_dir) / f"models--{repo.replace('/', '--')}"
+
+
 def snapshot_folder(hub_dir: Path, repo: str, commit: str) -> Path:
-    return Path(hub_dir) / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+    return repo_cache_folder(hub_dir, repo) / "snapshots" / commit
 
 
 def list_revisions_files(

@@ -47,6 +47,7 @@ from ckptlab.weights import (
     layout_of_folder,
     list_revisions_files,
     remember_refs,
+    repo_cache_folder,
     snapshot_folder,
 )
 
@@ -174,7 +175,7 @@ class Plan:
             per_model.setdefault(ref.model, 0)
             if unit.layout is None or unit.error or unit.duplicate_of:
                 continue
-            blobs = Path(self.hub_dir or ".") / f"models--{ref.model.replace('/', '--')}" / "blobs"
+            blobs = repo_cache_folder(self.hub_dir or Path("."), ref.model) / "blobs"
             for f in unit.layout.files:
                 identity = (ref.model, f.sha256 or f"{unit.commit}/{f.path}")
                 if identity in seen or (f.sha256 and (blobs / f.sha256).is_file()):

@@ -41,20 +41,29 @@ def _index(groups: list[dict], name_of) -> dict:
     return {"metadata": {"total_size": total}, "weight_map": weight_map}
 
 
-def sharded_safetensors(source: Path, destination: Path, shards: int = 3) -> Path:
-    from safetensors.torch import save_file
-
+def _shard(source: Path, destination: Path, shards: int, stem: str, suffix: str, save) -> Path:
+    """The source's tensors in ``shards`` files named as transformers names them
+    (``{stem}-0000k-of-0000n.{suffix}``), written by ``save(tensors, path)``, and their index."""
     _copy_non_weights(source, destination)
     groups = _groups(load_file(source / "model.safetensors"), shards)
 
     def name_of(k: int) -> str:
-        return f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        return f"{stem}-{k + 1:05d}-of-{shards:05d}.{suffix}"
 
     for k, group in enumerate(groups):
-        save_file(group, destination / name_of(k), metadata={"format": "pt"})
+        save(group, destination / name_of(k))
     index = _index(groups, name_of)
-    (destination / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (destination / f"{stem}.{suffix}.index.json").write_text(json.dumps(index, indent=2))
     return destination
+
+
+def sharded_safetensors(source: Path, destination: Path, shards: int = 3) -> Path:
+    from safetensors.torch import save_file
+
+    def save(tensors, path):
+        save_file(tensors, path, metadata={"format": "pt"})
+
+    return _shard(source, destination, shards, "model", "safetensors", save)
 
 
 def single_pickle(source: Path, destination: Path) -> Path:
@@ -64,16 +73,7 @@ def single_pickle(source: Path, destination: Path) -> Path:
 
 
 def sharded_pickles(source: Path, destination: Path, shards: int = 3) -> Path:
-    _copy_non_weights(source, destination)
-    groups = _groups(load_file(source / "model.safetensors"), shards)
-
-    def name_of(k: int) -> str:
-        return f"pytorch_model-{k + 1:05d}-of-{shards:05d}.bin"
-
-    for k, group in enumerate(groups):
-        torch.save(group, destination / name_of(k))
-    (destination / "pytorch_model.bin.index.json").write_text(json.dumps(_index(groups, name_of)))
-    return destination
+    return _shard(source, destination, shards, "pytorch_model", "bin", torch.save)
 
 
 def without_weights(source: Path, destination: Path) -> Path:
