@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints/pinned.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# constraints/pinned.txt pins the tested versions, torch to its CPU wheel.
+	# constraints/pinned.txt pins the tested versions; its first lines say which torch build
+	# a machine gets (PyPI's is the CUDA build on Linux x86_64: 2.74 GB of wheels).
 	# [bench]: lm-evaluation-harness for the lm_eval analysis (the demo runs it).
 	$(PY) -m pip install -q -c constraints/pinned.txt -e '.[dev,bench]'
 	touch $(STAMP)

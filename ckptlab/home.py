@@ -49,4 +49,6 @@ def default_db_path() -> Path:
 
 
 def default_tracking_uri() -> str:
-    return f"sqlite:///{ckptlab_home() / 'mlflow.db'}"
+    """MLflow's own MLFLOW_TRACKING_URI where it is set (a cluster's head pod sets it for every
+    job's driver), else a SQLite store beside the results."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ckptlab_home() / 'mlflow.db'}"

@@ -14,6 +14,7 @@ os.environ["CKPTLAB_HOME"] = str(_SESSION_HOME)
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ["HF_HUB_OFFLINE"] = "1"  # the hub is unreachable here; never wait on it
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # a developer's own server never gets test runs
 os.environ["DO_NOT_TRACK"] = "true"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 

@@ -53,6 +53,27 @@ def test_local_sqlite_store_keeps_artifacts_beside_it(tmp_path, monkeypatch):
     assert artifact_root_for("sqlite:///m.db") == (tmp_path / "mlartifacts").as_uri()
 
 
+def test_the_default_tracking_uri_is_mlflows_own_variable_else_sqlite(monkeypatch):
+    from ckptlab.cli.app import tracking_of
+    from ckptlab.home import ckptlab_home
+
+    raw = {
+        "name": "t",
+        "models": [{"suite": "pico", "sizes": ["xs"], "steps": [0]}],
+        "input_sets": [{"name": "prose", "builtin": "pydoc_topics"}],
+        "analyses": [{"name": "anisotropy"}],
+    }
+    spec = parse_spec(raw)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_of(spec, None) == f"sqlite:///{ckptlab_home() / 'mlflow.db'}"
+    # A cluster's head pod sets it (infra/kuberay/raycluster.yaml); a flag or the spec wins.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ckptlab-mlflow:5000")
+    assert tracking_of(spec, None) == "http://ckptlab-mlflow:5000"
+    assert tracking_of(spec, "http://other:5000") == "http://other:5000"
+    spec = parse_spec({**raw, "storage": {"tracking_uri": "sqlite:////data/m.db"}})
+    assert tracking_of(spec, None) == "sqlite:////data/m.db"
+
+
 def test_mlflow_gets_one_key_per_metric_and_icl_accuracy_averaged_over_seeds():
     values = [
         Value("anisotropy", "anisotropy", "anisotropy", 1, "prose", 0.5),
