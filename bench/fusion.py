@@ -392,7 +392,7 @@ def run(smoke: bool = False, rounds: int = 2) -> str:
             a["counts"] = read_counts(a_dir / "counts")
             a["values"] = ckptlab_values(a["db"])
             a_runs.append(a)
-            env = {k: v for k, v in os.environ.items()}
+            env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
             env |= {
                 "CKPTLAB_BENCH_COUNTS": str(b_dir / "counts"),
                 "PYTHONPATH": os.pathsep.join(

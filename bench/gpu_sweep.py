@@ -133,6 +133,7 @@ def sweep(root: Path, hub: Path, size: str, revisions: int, tokens: int, dtype: 
     spec_path.write_text(json.dumps(spec))
     db = root / f"{size}.duckdb"
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the run's own store, not a server the caller set
     env["CKPTLAB_HOME"] = str(root / "home")
     done = subprocess.run(
         [sys.executable, "-m", "ckptlab", "run", str(spec_path), "--db", str(db), "--json"],

@@ -53,6 +53,7 @@ def publish(hub: Path, size: str, revisions: int, dtype: torch.dtype) -> int:
 def environment(root: Path, hub: Path) -> dict[str, str]:
     """Offline, and every cache in the temporary folder: a fresh worker's first unit."""
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the run's own store, not a server the caller set
     env |= {"HF_DATASETS_CACHE": str(root / "datasets"), "HF_DATASETS_OFFLINE": "1"}
     env["CKPTLAB_HOME"] = str(root / "home")
     return env

@@ -137,7 +137,12 @@ def hub_dir() -> Path:
 
 
 def _env(workdir: Path, hub: Path, extra_path: Path | None, extra: dict) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # Its own Ray and its own MLflow store: nothing of the caller's cluster or server.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RAY_ADDRESS") and k != "MLFLOW_TRACKING_URI"
+    }
     env |= {
         "CKPTLAB_HOME": str(workdir / "home"),  # fresh results, MLflow store and sketches
         "HF_HUB_CACHE": str(hub),  # ... but the checkpoints of the shared hub cache

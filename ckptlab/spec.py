@@ -280,7 +280,8 @@ class Resources(Strict):
 
 class Storage(Strict):
     db: Path | None = None  # default: $CKPTLAB_HOME/results.duckdb; --db wins
-    tracking_uri: str | None = None  # default: sqlite under $CKPTLAB_HOME; --tracking-uri wins
+    # default: $MLFLOW_TRACKING_URI, else sqlite under $CKPTLAB_HOME; --tracking-uri wins
+    tracking_uri: str | None = None
 
 
 class Loading(Strict):

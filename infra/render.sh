@@ -5,8 +5,9 @@
 #
 # The templates hold ${NAME} for what only you know (settings.env.example lists each name and
 # its form). Nothing is written, and the exit code is 2, while a value that a template needs
-# is empty or malformed: each such name is printed. envsubst replaces only the listed names,
-# so a $VARIABLE that belongs to Ray or the shell (the launcher's $RAY_HEAD_IP) stays as it is.
+# is empty or malformed: each such name is printed. The settings file is read as NAME=VALUE
+# lines, never run as shell code. envsubst replaces only the listed names, so a $VARIABLE
+# that belongs to Ray or the shell (the launcher's $RAY_HEAD_IP) stays as it is.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 target=${1:-}
@@ -18,6 +19,10 @@ case "$target" in
   aws) templates="ray-cluster-aws.yaml" ;;
   *) echo "usage: infra/render.sh kuberay|aws [SETTINGS_FILE [OUT_DIR]]" >&2; exit 2 ;;
 esac
+if ! command -v envsubst > /dev/null; then
+  echo "infra/render.sh: envsubst not found (Debian/Ubuntu: apt-get install gettext-base; macOS: brew install gettext)" >&2
+  exit 2
+fi
 if [ ! -f "$settings" ]; then
   echo "infra/render.sh: no $settings: cp infra/settings.env.example infra/settings.env, then fill it in" >&2
   exit 2
@@ -32,22 +37,23 @@ EFS_FILE_SYSTEM_ID fs-[0-9a-f]{8}([0-9a-f]{9})?
 '
 names=$(printf '%s\n' "$FORMS" | awk 'NF { print $1 }')
 
-# The settings file's values, never what the calling shell happens to export.
-for name in $names; do unset "$name"; done
-set -a
-. "$settings"
-set +a
+# The settings file's values (the last NAME=VALUE line of each name, a trailing CR dropped),
+# never what the calling shell happens to export.
+value_of() {
+  sed -n "s/^$1=//p" "$settings" | tr -d '\r' | tail -n 1
+}
 
 problems=""
 used=""
 for name in $names; do
+  unset "$name"
   needed=no
   for template in $templates; do
     if grep -q "\${$name}" "$here/$template"; then needed=yes; fi
   done
   [ "$needed" = yes ] || continue
   used="$used \${$name}"
-  value=$(eval "printf '%s' \"\${$name:-}\"")
+  value=$(value_of "$name")
   form=$(printf '%s\n' "$FORMS" | awk -v n="$name" '$1 == n { print $2 }')
   if [ -z "$value" ]; then
     problems="$problems
@@ -58,6 +64,8 @@ for name in $names; do
   elif [ "$name" = RWX_STORAGE_CLASS ] && [ ${#value} -gt 253 ]; then
     problems="$problems
   $name is longer than 253 characters"
+  else
+    export "$name=$value"
   fi
 done
 if [ -n "$problems" ]; then
@@ -65,8 +73,10 @@ if [ -n "$problems" ]; then
   exit 2
 fi
 
+# Each file whole or not at all: written beside its place, then moved there.
 for template in $templates; do
   mkdir -p "$out/$(dirname "$template")"
-  envsubst "$used" < "$here/$template" > "$out/$template"
+  envsubst "$used" < "$here/$template" > "$out/$template.partial"
+  mv "$out/$template.partial" "$out/$template"
   echo "wrote $out/$template"
 done

@@ -26,6 +26,7 @@ from pathlib import Path
 # rayproject/ray images end with `USER ray`: uid 1000, primary group `users` (gid 100).
 BASE_IMAGE_USER = (1000, 100)
 USERS = {"0": (0, 0), "root": (0, 0), "1000": (1000, 100), "ray": (1000, 100)}
+IDS = {"root": 0, "ray": 1000, "users": 100}  # the base image's /etc/passwd and /etc/group
 SANDBOXED = ("/tmp", "/data", "/home")
 
 PIP_STAND_IN = r"""#!/bin/sh
@@ -77,7 +78,7 @@ def _copy(replay: Replay, rest: str, context: Path, stage_outputs: Path) -> None
     flags = {w.split("=", 1)[0]: w.split("=", 1)[1] for w in words if w.startswith("--")}
     *sources, destination = [w for w in words if not w.startswith("--")]
     source_root = stage_outputs if "--from" in flags else context
-    uid, gid = (int(x) for x in flags.get("--chown", "0:0").split(":"))
+    uid, gid = (IDS.get(x) if x in IDS else int(x) for x in flags.get("--chown", "0:0").split(":"))
     target = replay.path(destination)
     target.parent.mkdir(parents=True, exist_ok=True)
     for source in sources:
@@ -94,7 +95,20 @@ def replay_final_stage(dockerfile_text: str, context: Path, wheel_name: str) -> 
     """Runs the final stage's COPY/USER/WORKDIR/RUN steps in a fresh sandbox; raises
     AssertionError naming the step, its user and its output when a RUN fails."""
     *_, final = dockerfile_stages(dockerfile_text)
+    # Under /tmp, not pytest's tmp_path: uid 1000 must be able to pass through every parent.
     root = Path(tempfile.mkdtemp(prefix="docker-replay-", dir="/tmp"))
+    replay = Replay(root)
+    try:
+        stage_outputs, stand_ins = _lay_out(root, wheel_name)
+        _run_steps(replay, final[1:], context, stage_outputs, stand_ins)
+    except BaseException:
+        shutil.rmtree(root)
+        raise
+    return replay
+
+
+def _lay_out(root: Path, wheel_name: str) -> tuple[Path, Path]:
+    """The base image's folders, the wheel stage's output and the stand-in commands."""
     root.chmod(0o755)  # like "/": every user may pass through
     (root / "tmp").mkdir(mode=0o777)
     (root / "tmp").chmod(0o777 | stat.S_ISVTX)  # the base image's sticky /tmp
@@ -112,13 +126,7 @@ def replay_final_stage(dockerfile_text: str, context: Path, wheel_name: str) -> 
     for script in stand_ins.iterdir():
         script.chmod(0o755)
 
-    replay = Replay(root)
-    try:
-        _run_steps(replay, final[1:], context, stage_outputs, stand_ins)
-    except BaseException:
-        shutil.rmtree(root)
-        raise
-    return replay
+    return stage_outputs, stand_ins
 
 
 def _run_steps(

@@ -338,7 +338,7 @@ def check_ray_cluster_spec(spec: dict, claim: str) -> None:
             "runAsUser": 0,
             "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
         }
-        assert init["command"][-1].endswith("chown 1000:100 /data")
+        assert "|| chown 1000:100 /data ||" in init["command"][-1]  # only when it is not
         assert {m["mountPath"] for m in init["volumeMounts"]} == {"/data"}
         assert "fsGroup" not in template["spec"].get("securityContext", {})
     [head_container] = containers(head["template"])
@@ -514,7 +514,10 @@ def test_the_in_cluster_mlflow_server_answers_its_service_name(tmp_path):
                 time.sleep(0.5)
         assert status("ckptlab-mlflow:5000") == 200  # what the Ray head's drivers send
         assert status(f"127.0.0.1:{port}") == 200  # kubectl port-forward
+        assert status("ckptlab-mlflow.team-a.svc.cluster.local:5000") == 200  # other namespaces
         assert status("evil.example:5000") == 403  # the check is on
+        url = f"http://127.0.0.1:{port}/health"  # the kubelet's probe, sent to the pod's IP
+        assert status("10.42.0.17:5000") == 200
     finally:
         process.terminate()  # SIGTERM: its workers go with it (stack-notes)
         process.wait(timeout=30)
@@ -607,8 +610,14 @@ def test_the_readme_walkthrough_matches_the_manifests(rendered):
                 assert "{.data.auth_token}" in command
                 checked.add("ray token")
             elif words[:2] == ["kubectl", "cp"]:
-                assert words[2].split(":", 1)[1] == RESULTS_DB
+                assert words[words.index("-c") + 1] == head["name"]  # not the autoscaler's
+                [source] = [w for w in words if ":/" in w]
+                assert source.split(":", 1)[1] == RESULTS_DB
                 checked.add("cp")
+            elif words[:2] == ["kubectl", "wait"]:
+                kind, name = words[2].split("/")
+                assert names[kind] == name, command
+                checked.add(f"wait {kind}")
             for word in words:
                 word = word.rstrip(";")
                 if word.startswith("infra/") and word != "infra/settings.env":
@@ -626,6 +635,7 @@ def test_the_readme_walkthrough_matches_the_manifests(rendered):
                     checked.add("report")
     assert checked >= {
         "port-forward", "configmap", "hf-token", "helm", "ray token", "cp", "submit", "report",
+        "wait raycluster", "wait rayjob",
     }  # fmt: skip
     text = (INFRA / "README.md").read_text()
     assert "`replicas: 0`" in text  # said where the manifests do it

@@ -103,7 +103,10 @@ def sync(
     db: DbOption = None,
     tracking_uri: Annotated[
         str | None,
-        typer.Option("--tracking-uri", help="MLflow URI. Default: $CKPTLAB_HOME's store."),
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow URI. Default: $MLFLOW_TRACKING_URI, else $CKPTLAB_HOME's store.",
+        ),
     ] = None,
     run_id: Annotated[
         list[str] | None,
