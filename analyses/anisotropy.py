@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import torch
 
 _CHUNK_ROWS = 8192  # rows converted to float64 at a time: memory stays O(chunk * d)
 

@@ -3,12 +3,12 @@ linear map that best imitates it."""
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckptlab import architectures
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import inference_mode, torch
 
 
 class BlockAblationParams(BaseModel):
@@ -38,7 +38,7 @@ def _block_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-@torch.inference_mode()
+@inference_mode
 def cross_entropy(model, tokens: torch.Tensor, batch_size: int) -> float:
     """Mean -ln p(x_t | x_<t) over every predicted token of ``tokens`` [seq, pos], in nats
     (log-softmax in float32, as ``saturation``)."""

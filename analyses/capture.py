@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from ckptlab.lazy import F, torch
 
 
 class MissingCapture(RuntimeError):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckptlab.analyses.capture import Batch, sample_positions
 from ckptlab.analyses.position_sample import PositionSample
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import torch
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckptlab.analyses.anisotropy import UnitSum, mean_pairwise_cosine
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import torch
 
 
 def unit_rows(vectors: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.readout import MeanNLL
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import torch
 
 
 class HeadRankParams(BaseModel):

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sklearn.metrics import f1_score
 
 from ckptlab.analyses.capture import CheckpointContext
 from ckptlab.analyses.icl_tasks.baseline import bow_predict
@@ -23,6 +22,9 @@ from ckptlab.analyses.icl_tasks.tasks import (
 )
 from ckptlab.analyses.registry import MetricValue, Need, analysis
 from ckptlab.home import NotCached, hub_cache_dir
+from ckptlab.lazy import LazyModule
+
+sklearn_metrics = LazyModule("sklearn.metrics")  # 1.8 s to import: at first use
 
 
 class IclParams(BaseModel):
@@ -98,7 +100,11 @@ def _baseline(instance: TaskInstance, batch, tokenizer, key: str, seed: int) -> 
     gold = np.asarray(batch.gold)
     result = (
         float(np.mean(np.asarray(predictions) == gold)),
-        float(f1_score(gold, predictions, labels=sorted(set(batch.gold)), average="macro")),
+        float(
+            sklearn_metrics.f1_score(
+                gold, predictions, labels=sorted(set(batch.gold)), average="macro"
+            )
+        ),
     )
     _BASELINE_CACHE[key] = result
     return result
@@ -178,7 +184,9 @@ def icl(context: CheckpointContext, params: IclParams) -> list[MetricValue]:
                     value("accuracy", np.mean(predicted == gold)),
                     value(
                         "macro_f1",
-                        f1_score(gold, predicted, labels=sorted(set(batch.gold)), average="macro"),
+                        sklearn_metrics.f1_score(
+                            gold, predicted, labels=sorted(set(batch.gold)), average="macro"
+                        ),
                     ),
                     value("mean_gold_rank", np.mean(ranks)),
                     value("chance_accuracy", 1 / len(candidates)),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.position_sample import PositionSample
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import torch
 
 BLOCK_ELEMENTS = 1 << 24  # distances held at once: block_rows * N <= 16M float64 (128 MB)
 

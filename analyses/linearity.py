@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import torch
 
 
 def _centre_and_normalise(m: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,11 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ckptlab.analyses.capture import CheckpointContext
 from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.lazy import torch
 
 # The tasks shipped for the pico suite (YAML + JSONL authored here; see make_pico_tasks.py).
 SHIPPED_TASKS = Path(__file__).parent / "lm_eval_tasks"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckptlab.analyses.capture import Batch
 from ckptlab.analyses.registry import MetricValue, Need, Reducer, analysis
+from ckptlab.lazy import F, torch
 
 NEURON_CHUNK = 512  # neurons processed at once: float64 temporaries stay O(rows * chunk)
 

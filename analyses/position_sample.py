@@ -4,9 +4,9 @@ CKA compute on, and what a reference checkpoint's sketch is."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ckptlab.analyses.capture import Batch
+from ckptlab.lazy import torch
 
 
 class PositionSample:

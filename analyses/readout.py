@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+from ckptlab.lazy import F, torch
 
 CHUNK_TOKENS = 4096
 

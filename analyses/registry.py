@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel
 
 from ckptlab.analyses.capture import Capture, CheckpointContext
 from ckptlab.analyses.reducer import FORWARD_NEEDS, MetricValue, Need, NoParams, Reducer
+from ckptlab.lazy import inference_mode
 
 __all__ = [
     "FORWARD_NEEDS",
@@ -117,7 +117,7 @@ def _no_grad(reducer: type[Reducer]) -> None:
     model's final norm (logit lens) would build an autograd graph."""
     for method in ("__init__", "update", "finalize"):
         if method in vars(reducer):
-            setattr(reducer, method, torch.inference_mode()(vars(reducer)[method]))
+            setattr(reducer, method, inference_mode(vars(reducer)[method]))
 
 
 _REGISTRY: dict[str, AnalysisDef] = {}
@@ -191,7 +191,7 @@ def analysis(
         )
         if is_reducer:
             return target
-        return torch.inference_mode()(lambda capture, p: reducer.on_capture(capture, p))
+        return inference_mode(lambda capture, p: reducer.on_capture(capture, p))
 
     return register
 

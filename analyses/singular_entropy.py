@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from ckptlab.analyses.capture import CheckpointContext
 from ckptlab.analyses.registry import MetricValue, Need, analysis
+from ckptlab.lazy import torch
 
 
 def singular_values(weight: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ SECTIONS = [  # in the order they appear
     "kernels",
     "plan_scale",
     "plan_metadata",
+    "cli_latency",
     "streaming_memory",
     "gpu_sweep",
     "lm_eval_share",

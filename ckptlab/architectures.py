@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
+from ckptlab.lazy import torch
 
 TABLE_FILE = "ckptlab/architectures.py"
 LOGIT_OPS = ("none", "divide", "multiply", "softcap")

@@ -18,13 +18,15 @@ def shipped(version: str) -> str:
 
 
 def _source_folders() -> list[str]:
-    """The folders the running package's modules come from (three in an editable install)."""
-    import importlib
+    """The folders the running package's modules come from (three in an editable install),
+    found without importing them (`ckptlab --version` imports no analysis)."""
+    import importlib.util
 
     return sorted(
         {
-            str(Path(importlib.import_module(name).__file__).resolve().parent)
+            str(Path(folder).resolve())
             for name in ("ckptlab", "ckptlab.analyses", "ckptlab.orchestrator")
+            for folder in importlib.util.find_spec(name).submodule_search_locations
         }
     )
 

@@ -15,8 +15,7 @@ import pickle
 import re
 from pathlib import Path
 
-import torch
-
+from ckptlab.lazy import torch
 from ckptlab.weights import remember_refs, remembered_refs
 
 # Everything but weights: what planning reads (the tokenizer, the config).
@@ -24,7 +23,7 @@ TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.txt", "*.model", "*.tiktoken"]
 SAFE_PATTERNS = [*TOKENIZER_PATTERNS, "*.safetensors"]
 PICKLE_PATTERNS = ["*.bin"]
 REMOTE_CODE_PATTERNS = ["*.py"]  # a repo's own modeling code, fetched only when trusted
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # resources.dtype: torch's dtype of that name
 
 
 class CheckpointError(RuntimeError):
@@ -189,7 +188,7 @@ def load_model(
     except WeightsError as err:
         raise CheckpointError(str(folder), str(err)) from None
     options = {
-        "dtype": DTYPES[dtype],
+        "dtype": getattr(torch, dtype),
         "trust_remote_code": trust_remote_code,
         "use_safetensors": not layout.pickled,
         "weights_only": True,  # a pickle may hold tensors and containers, never a call

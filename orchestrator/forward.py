@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import torch
-import torch.nn.functional as F
-
 from ckptlab import architectures
 from ckptlab.analyses.capture import Batch, Capture, CheckpointContext
 from ckptlab.analyses.registry import FORWARD_NEEDS, Need
 from ckptlab.architectures import ArchitectureError
+from ckptlab.lazy import F, inference_mode, torch
 
 # The readout self-check's tolerance, in units of the head dtype's epsilon times the largest
 # logit: the readout repeats the model's own ops on the same tensors, so in float32 it agrees to
@@ -118,7 +116,7 @@ def readout_self_check(
     )
 
 
-@torch.inference_mode()
+@inference_mode
 def stream_forward(
     model,
     token_ids: torch.Tensor,  # [seq, pos] int64

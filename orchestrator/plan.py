@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptlab import architectures
 from ckptlab.analyses.plugins import PluginCode, loaded_code
 from ckptlab.analyses.registry import AnalysisDef, Need, get_analysis
 from ckptlab.architectures import declared_logit_op
 from ckptlab.catalog import SUITES, Checkpoint, Suite, stage_rank
-from ckptlab.home import NotCached
+from ckptlab.home import NotCached, ckptlab_home
 from ckptlab.hub import (
     CheckpointError,
     _not_cached,
@@ -25,11 +26,10 @@ from ckptlab.hub import (
     cached_commit,
     fetch_snapshot,
     hub_offline,
-    load_tokenizer,
     local_checkpoint,
     resolve_commits,
 )
-from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize
+from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize_cached
 from ckptlab.keys import DEFAULT_DTYPE, canonical_json, cell_identity, sha256_hex
 from ckptlab.spec import (
     HubModels,
@@ -555,14 +555,16 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                     unit.layout = None
                     raise _ModelRefused
                 check_context(spec, ref.model, model_configs[ref.model])
-                if spec.input_sets:
-                    tokenizer = load_tokenizer(
-                        folder, trust_remote_code=spec.loading.trust_remote_code
+                input_sets[ref.model] = {
+                    s.name: materialize_cached(
+                        s,
+                        folder,
+                        tokenizer_of=ref.model,
+                        cache_dir=ckptlab_home() / "input-sets",
+                        trust_remote_code=spec.loading.trust_remote_code,
                     )
-                    input_sets[ref.model] = {
-                        s.name: materialize(s, tokenizer, tokenizer_of=ref.model)
-                        for s in spec.input_sets
-                    }
+                    for s in spec.input_sets
+                }
             except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
                 raise
             except _ModelRefused:  # its config says no checkpoint of this model can run
@@ -672,6 +674,11 @@ def remote_code_needed(config: dict, spec: Spec) -> str | None:
     from config.json before the tokenizer: transformers' own error is a multi-KB ValueError
     listing every model type it knows."""
     if spec.loading.trust_remote_code:
+        return None
+    if config.get("model_type") in architectures.TABLE:
+        # Every family of ckptlab's table is one of transformers' own (tests/test_
+        # architectures.py builds each with it): no need to import transformers (1 s) and the
+        # torch it brings (2 s) to plan.
         return None
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ckptlab.analyses.capture import CheckpointContext, ReferenceSketch, sample_positions
 from ckptlab.analyses.plugins import PluginCode, PluginError
@@ -35,6 +34,7 @@ from ckptlab.hub import (
     load_tokenizer,
     local_checkpoint,
 )
+from ckptlab.lazy import torch
 from ckptlab.orchestrator.forward import checkpoint_context, stream_forward
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
 from ckptlab.rows import CellRow, FailureRow, MetricRow

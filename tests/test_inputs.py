@@ -128,3 +128,55 @@ def test_a_bad_hub_dataset_is_one_line(tmp_path, tokenizer, monkeypatch, corpus,
         materialize(spec, tokenizer, "m")
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert str(caught.value).startswith("input_sets.w.hub: ")
+
+
+def test_windows_come_back_from_the_cache_exactly_and_only_for_the_same_inputs(
+    tmp_path, pico_hub, tokenizer, monkeypatch
+):
+    """`plan` keeps each input set's windows, keyed by what they depend on; a second plan
+    reads them without a tokenizer. A changed text or tokenizer file is a miss, a new name is
+    not."""
+    import shutil
+
+    import ckptlab.hub
+    from ckptlab.inputs import materialize_cached
+
+    hub_folder = Path(
+        snapshot_download(
+            "pico/pico-xs", revision="step0", cache_dir=pico_hub, local_files_only=True
+        )
+    )
+    folder = tmp_path / "tokenizer"  # a local copy: plain files, hashed by content
+    shutil.copytree(hub_folder, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"w{i % 97}" for i in range(5_000)))
+    spec = InputSet(name="c", file=corpus, num_sequences=3, seq_len=16, seed=1)
+    cache = tmp_path / "cache"
+    fresh = materialize(spec, tokenizer, "m")
+    for source in (hub_folder, folder):  # symlinked blobs and plain files
+        first = materialize_cached(spec, source, "m", cache)
+        assert np.array_equal(first.token_ids, fresh.token_ids)
+    entries = len(list(cache.iterdir()))  # 1: pico's blobs are named by their sha256
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("a cached input set loaded a tokenizer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ckptlab.hub, "load_tokenizer", no_tokenizer)
+        again = materialize_cached(spec.model_copy(update={"name": "other"}), folder, "m", cache)
+    assert np.array_equal(again.token_ids, fresh.token_ids)
+    assert (again.name, again.input_set_id, again.source) == (
+        "other",
+        fresh.input_set_id,
+        fresh.source,
+    )
+
+    corpus.write_text(" ".join(f"v{i % 89}" for i in range(5_000)))  # another text
+    changed = materialize_cached(spec, folder, "m", cache)
+    assert len(list(cache.iterdir())) == entries + 1
+    assert np.array_equal(changed.token_ids, materialize(spec, tokenizer, "m").token_ids)
+    assert changed.input_set_id != fresh.input_set_id
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"ckptlab_test": 1, ', 1))  # same ids,
+    materialize_cached(spec, folder, "m", cache)  # another file: a new entry, not a stale one
+    assert len(list(cache.iterdir())) == entries + 2

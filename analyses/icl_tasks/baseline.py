@@ -11,8 +11,11 @@ demonstrations of a single label it predicts that label.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
+
+from ckptlab.lazy import LazyModule
+
+sklearn_text = LazyModule("sklearn.feature_extraction.text")  # 1.8 s to import: at first use
+sklearn_linear = LazyModule("sklearn.linear_model")
 
 
 def _documents(token_lists: list[list[int]]) -> list[str]:
@@ -31,7 +34,7 @@ def bow_predict(
         return int(rng.integers(n_candidates))
     if len(set(demo_labels)) == 1:
         return demo_labels[0]
-    vectorizer = TfidfVectorizer(token_pattern=r"\S+", lowercase=False)
+    vectorizer = sklearn_text.TfidfVectorizer(token_pattern=r"\S+", lowercase=False)
     features = vectorizer.fit_transform(_documents(demo_inputs))
-    classifier = LogisticRegression(max_iter=200).fit(features, demo_labels)
+    classifier = sklearn_linear.LogisticRegression(max_iter=200).fit(features, demo_labels)
     return int(classifier.predict(vectorizer.transform(_documents([query_input])))[0])

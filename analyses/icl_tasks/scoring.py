@@ -13,11 +13,13 @@ head is applied only at the read positions.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from transformers import DynamicCache
+
+from ckptlab.lazy import LazyModule, inference_mode, torch
+
+transformers = LazyModule("transformers")
 
 
-@torch.inference_mode()
+@inference_mode
 def score_candidates(
     model,
     prompts: list[list[int]],
@@ -51,7 +53,7 @@ def score_candidates(
         ids = torch.zeros(len(batch), longest, dtype=torch.long)  # [b, pos], right-padded
         for row, i in enumerate(batch):
             ids[row, : len(prompts[i])] = torch.tensor(prompts[i])
-        cache = DynamicCache() if multi else None
+        cache = transformers.DynamicCache() if multi else None
         out = model.base_model(
             input_ids=ids.to(device), past_key_values=cache, use_cache=bool(multi)
         )
