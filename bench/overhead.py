@@ -94,14 +94,15 @@ def _child(argv: list[str]) -> None:
 
     clock = time.perf_counter()
     try:
-        from ckptlab.cli import app
+        from ckptlab.cli import main
 
         record("cli_import", timings["main"][0][0], time.perf_counter() - clock)
         _instrument(record)
         began, clock = time.time(), time.perf_counter()
+        sys.argv = ["ckptlab", *argv]
         try:
-            app(argv, prog_name="ckptlab")
-        finally:  # what is left after it is the interpreter's exit (atexit hooks, teardown)
+            main()  # as the `ckptlab` script: its exit included
+        finally:  # what is left after it is the process' exit (atexit hooks, teardown)
             record("cli", began, time.perf_counter() - clock)
     finally:
         Path(os.environ["CKPTLAB_BENCH_TIMINGS"]).write_text(json.dumps(timings))

@@ -21,13 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "ray", "mlflow", "sklearn", "lm_eval", "datasets", "scipy")
 
 DRIVER = r"""
-import atexit, json, sys
+import json, sys
 heavy, args = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-loaded = lambda: sorted(m for m in heavy if m in sys.modules)
-atexit.register(lambda: print("LOADED " + json.dumps(loaded()), file=sys.stderr))
 sys.argv = ["ckptlab", *args]
 from ckptlab.cli import main
-main()
+try:
+    main()
+finally:  # before main's own exit handler ends the process
+    loaded = sorted(m for m in heavy if m in sys.modules)
+    print("LOADED " + json.dumps(loaded), file=sys.stderr, flush=True)
 """
 
 SPEC = """name: light
