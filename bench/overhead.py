@@ -3,7 +3,7 @@
     python bench/overhead.py            # pico xs, s x seeds 0, 1, 2: 108 units, 1 and 2 workers
     python bench/overhead.py --smoke    # pico xs seed 0, 4 units (any hub with pico-xs step0-4)
 
-Each run is the real CLI (``ckptlab.cli:main``, what the ``ckptlab`` script calls) in a fresh
+Each run is the real CLI (``ckptlab.cli:script``, what the ``ckptlab`` script calls) in a fresh
 process with a fresh CKPTLAB_HOME (results DB, MLflow store, sketches) in a temporary folder,
 reading the checkpoints from the hub cache ckptlab would read (``HF_HUB_CACHE``, else
 ``$CKPTLAB_HOME/hub``). The child process times the driver's steps by wrapping them (Ray
@@ -94,14 +94,14 @@ def _child(argv: list[str]) -> None:
 
     clock = time.perf_counter()
     try:
-        from ckptlab.cli import main
+        from ckptlab.cli import script
 
         record("cli_import", timings["main"][0][0], time.perf_counter() - clock)
         _instrument(record)
         began, clock = time.time(), time.perf_counter()
         sys.argv = ["ckptlab", *argv]
         try:
-            main()  # as the `ckptlab` script: its exit included
+            script()  # as the `ckptlab` script: its exit included
         finally:  # what is left after it is the process' exit (atexit hooks, teardown)
             record("cli", began, time.perf_counter() - clock)
     finally:

@@ -1,3 +1,3 @@
-from ckptlab.cli import main
+from ckptlab.cli import script
 
-main()
+script()

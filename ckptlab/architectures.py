@@ -174,6 +174,21 @@ TABLE: dict[str, Architecture] = {
 }
 
 
+# Every family of TABLE is one of transformers' own from this release on (checked against the
+# installed transformers' CONFIG_MAPPING_NAMES by tests/test_architectures.py).
+TABLE_KNOWN_SINCE = "5.23.0"
+
+
+def table_is_known() -> bool:
+    """Whether the installed transformers knows every family of TABLE, read from its
+    package metadata: no import (transformers brings torch, 3 s in all)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("transformers")) >= Version(TABLE_KNOWN_SINCE)
+
+
 def model_type(model) -> str:
     """The loaded config's model_type (the table's key)."""
     return getattr(model.config, "model_type", None) or type(model).__name__

@@ -6,11 +6,15 @@ it is called, and a changed corpus or tokenizer is a new input set.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -104,66 +108,122 @@ def _materialize(
 
 # ------------------------------------------------------------------ windows kept between runs
 
-# Files that never change how text becomes tokens: the weights.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+WINDOWS_FORMAT = 1  # bump when _materialize changes how text becomes windows
+# Libraries whose versions can change the ids: the tokenizers, their converters, NumPy's RNG.
+TOKENIZING_LIBRARIES = (
+    "transformers",
+    "tokenizers",
+    "sentencepiece",
+    "tiktoken",
+    "protobuf",
+    "numpy",
+)
+_HUB_BLOB = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def _tokenizer_identity(folder: Path) -> list[tuple[str, str]]:
-    """(file name, content id) of every non-weight file of a tokenizer's folder, whatever
-    AutoTokenizer reads from it (tokenizer.json, its config, vocab and merges, config.json's
-    model_type, a custom tokenizer's code). A hub snapshot's files link to blobs named by their
-    content hash, read without opening them; other files are hashed."""
-    identity = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.name.endswith(_WEIGHT_SUFFIXES) or ".cache" in path.parts:
-            continue
-        blob = Path(os.readlink(path)).name if path.is_symlink() else None
-        content = blob or hashlib.sha256(path.read_bytes()).hexdigest()
-        identity.append((str(path.relative_to(folder)), content))
-    return identity
+def _content_id(path: Path) -> str:
+    """A file's content hash: a hub snapshot's link to ``blobs/<hash>`` names it already (read
+    without opening the file); anything else is hashed."""
+    if path.is_symlink():
+        target = Path(os.readlink(path))
+        if target.parent.name == "blobs" and _HUB_BLOB.fullmatch(target.name):
+            return target.name
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def windows_key(input_set: InputSet, texts: list[str], folder: Path) -> str:
-    """What the windows depend on: the input set's definition, the text itself, the tokenizer's
-    files and the versions of the libraries that tokenize. The name alone does not count."""
-    digest = hashlib.sha256()
+def tokenizer_identity(folder: Path) -> list[tuple[str, str]]:
+    """(name, content hash) of the files of a checkpoint folder that AutoTokenizer may read:
+    its top-level files of the tokenizer patterns (what the plan fetches without weights:
+    tokenizer.json, its config, vocab and merges, config.json's model_type)."""
+    from ckptlab.hub import TOKENIZER_PATTERNS
+
+    files = [
+        path
+        for path in folder.iterdir()
+        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_PATTERNS)
+    ]
+    return [(path.name, _content_id(path)) for path in sorted(files)]
+
+
+def windows_key(input_set: InputSet, texts: list[str], identity: list[tuple[str, str]]) -> str:
+    """What the windows depend on: how ckptlab cuts them, the input set's definition (not its
+    name), the tokenizer's files, the tokenizing libraries' versions and the text itself."""
+    versions = {}
+    for name in TOKENIZING_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
     definition = input_set.model_dump(mode="json", exclude={"name"})
-    versions = {name: version(name) for name in ("transformers", "tokenizers")}
-    digest.update(json.dumps([definition, versions, _tokenizer_identity(folder)]).encode())
+    digest = hashlib.sha256(json.dumps([WINDOWS_FORMAT, definition, versions, identity]).encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()[:40]
 
 
-def materialize_cached(
-    input_set: InputSet,
+def _read_windows(path: Path, input_set: InputSet) -> np.ndarray | None:
+    """The cached windows, or None when absent, unreadable or not of the set's shape."""
+    try:
+        windows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if windows.shape != (input_set.num_sequences, input_set.seq_len):
+        return None
+    return windows.astype(np.int64, copy=False)
+
+
+def _write_windows(path: Path, windows: np.ndarray) -> None:
+    """Best effort (a read-only or full home only costs the next plan a tokenizer): written
+    beside its place, then moved there, so a concurrent plan reads it whole or not at all."""
+    partial = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as out:
+            partial = out.name
+            np.save(out, windows, allow_pickle=False)
+        os.replace(partial, path)
+    except OSError:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+
+
+def materialize_all(
+    input_sets: list[InputSet],
     folder: Path,
     tokenizer_of: str,
     cache_dir: Path,
     trust_remote_code: bool = False,
-) -> MaterializedInputSet:
-    """``materialize`` with the tokenizer of ``folder``, its windows kept in ``cache_dir``
-    under ``windows_key``: planning the same spec again (`ckptlab plan`, a rerun) loads no
-    tokenizer, and so never imports transformers (1 s) or the torch it brings (2 s)."""
-    source, texts = source_texts(input_set)
-    path = cache_dir / f"{windows_key(input_set, texts, folder)}.npy"
-    if path.is_file():
-        windows = np.load(path, allow_pickle=False)
-        return MaterializedInputSet(
-            name=input_set.name,
-            input_set_id=token_ids_id(windows),
-            token_ids=windows,
-            source=source,
-            seed=input_set.seed,
-            tokenizer_of=tokenizer_of,
-        )
+) -> dict[str, MaterializedInputSet]:
+    """``materialize`` for each input set with the tokenizer of ``folder``, the windows kept in
+    ``cache_dir`` under ``windows_key``: planning the same spec again (`ckptlab plan`, a rerun)
+    loads no tokenizer, and so imports neither transformers (1 s) nor the torch it brings
+    (2 s). A tokenizer of remote code is never cached: its code may live in another repo."""
     from ckptlab.hub import load_tokenizer
 
-    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
-    materialized = _materialize(input_set, source, texts, tokenizer, tokenizer_of)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as out:  # np.save on a path would append ".npy"
-        np.save(out, materialized.token_ids, allow_pickle=False)
-    os.replace(partial, path)  # whole or absent, for a concurrent plan
+    identity = None if trust_remote_code else tokenizer_identity(folder)
+    tokenizer = None
+    materialized = {}
+    for input_set in input_sets:
+        source, texts = source_texts(input_set)
+        path = None
+        if identity is not None:
+            path = cache_dir / f"{windows_key(input_set, texts, identity)}.npy"
+            windows = _read_windows(path, input_set)
+            if windows is not None:
+                materialized[input_set.name] = MaterializedInputSet(
+                    name=input_set.name,
+                    input_set_id=token_ids_id(windows),
+                    token_ids=windows,
+                    source=source,
+                    seed=input_set.seed,
+                    tokenizer_of=tokenizer_of,
+                )
+                continue
+        if tokenizer is None:  # once per model, and only for what the cache does not hold
+            tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+        made = _materialize(input_set, source, texts, tokenizer, tokenizer_of)
+        if path is not None:
+            _write_windows(path, made.token_ids)
+        materialized[input_set.name] = made
     return materialized

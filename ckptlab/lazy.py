@@ -35,6 +35,10 @@ class LazyModule(types.ModuleType):
             self.__dict__["_real"] = real
         return getattr(real, attribute)
 
+    def __reduce__(self):
+        # Ray ships functions by value (cloudpickle); their globals may hold a stand-in.
+        return (LazyModule, (self.__name__,))
+
     def __dir__(self) -> list[str]:
         return dir(importlib.import_module(self.__name__))
 

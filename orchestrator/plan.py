@@ -29,7 +29,7 @@ from ckptlab.hub import (
     local_checkpoint,
     resolve_commits,
 )
-from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize_cached
+from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize_all
 from ckptlab.keys import DEFAULT_DTYPE, canonical_json, cell_identity, sha256_hex
 from ckptlab.spec import (
     HubModels,
@@ -555,16 +555,13 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                     unit.layout = None
                     raise _ModelRefused
                 check_context(spec, ref.model, model_configs[ref.model])
-                input_sets[ref.model] = {
-                    s.name: materialize_cached(
-                        s,
-                        folder,
-                        tokenizer_of=ref.model,
-                        cache_dir=ckptlab_home() / "input-sets",
-                        trust_remote_code=spec.loading.trust_remote_code,
-                    )
-                    for s in spec.input_sets
-                }
+                input_sets[ref.model] = materialize_all(
+                    spec.input_sets,
+                    folder,
+                    tokenizer_of=ref.model,
+                    cache_dir=ckptlab_home() / "input-sets",
+                    trust_remote_code=spec.loading.trust_remote_code,
+                )
             except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
                 raise
             except _ModelRefused:  # its config says no checkpoint of this model can run
@@ -675,10 +672,9 @@ def remote_code_needed(config: dict, spec: Spec) -> str | None:
     listing every model type it knows."""
     if spec.loading.trust_remote_code:
         return None
-    if config.get("model_type") in architectures.TABLE:
-        # Every family of ckptlab's table is one of transformers' own (tests/test_
-        # architectures.py builds each with it): no need to import transformers (1 s) and the
-        # torch it brings (2 s) to plan.
+    if config.get("model_type") in architectures.TABLE and architectures.table_is_known():
+        # A family of ckptlab's table, with a transformers that has them all: no need to
+        # import transformers (1 s) and the torch it brings (2 s) to plan.
         return None
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES

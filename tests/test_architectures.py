@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 
 from ckptlab import architectures
 from ckptlab.analyses.registry import Need, get_analysis, registered_analyses
-from ckptlab.architectures import TABLE
+from ckptlab.architectures import TABLE, table_is_known
 from ckptlab.hub import content_commit_id, load_model
 from ckptlab.orchestrator.forward import capture_forward
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
@@ -284,7 +284,9 @@ def test_the_table_covers_the_issue_and_every_shipped_analysis_is_here():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     assert set(TABLE) >= REQUIRED
-    # The plan skips transformers' own check for these (orchestrator/plan.remote_code_needed).
+    # The plan skips transformers' own check for these (orchestrator/plan.remote_code_needed)
+    # when transformers is at least TABLE_KNOWN_SINCE.
+    assert table_is_known()
     assert set(TABLE) <= set(CONFIG_MAPPING_NAMES)
     shipped = {name for name, d in registered_analyses().items() if d.shipped}
     assert shipped - NOT_HERE == set(ANALYSES)

@@ -24,9 +24,9 @@ DRIVER = r"""
 import json, sys
 heavy, args = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 sys.argv = ["ckptlab", *args]
-from ckptlab.cli import main
+from ckptlab.cli import script
 try:
-    main()
+    script()
 finally:  # before main's own exit handler ends the process
     loaded = sorted(m for m in heavy if m in sys.modules)
     print("LOADED " + json.dumps(loaded), file=sys.stderr, flush=True)
@@ -61,6 +61,22 @@ def test_commands_without_a_spec_import_nothing_heavy(args):
     code, loaded, output = loaded_by(*args)
     assert code == 0, output
     assert loaded == [], f"ckptlab {' '.join(args)} imported {loaded}"
+
+
+def test_the_scripts_quick_end_keeps_exit_codes_and_messages(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodels: []\nwhat: 1\n")
+    code, loaded, output = loaded_by("validate", str(bad))
+    assert code == 2 and "models: List should have at least 1 item" in output, output
+    assert loaded == []
+    done = subprocess.run(
+        [sys.executable, "-m", "ckptlab", "query", "SELECT 1", "--db", str(tmp_path / "no.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "no results database" in done.stderr  # flushed before the process ended
 
 
 def test_validate_plan_query_and_a_run_with_nothing_to_do_import_nothing_heavy(tmp_path, pico_hub):
@@ -135,3 +151,22 @@ def test_inference_mode_applied_late_covers_functions_and_every_step_of_a_genera
     assert inside and not product.requires_grad
     assert list(steps()) == [True, True, True]  # not only while the generator is created
     assert not torch.is_inference_mode_enabled()
+
+
+def test_a_function_naming_the_stand_in_travels_to_a_ray_worker():
+    """Ray ships functions by value (cloudpickle): one whose globals hold the stand-in arrives
+    whole, and imports torch only where it runs."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, cloudpickle\n"
+            "from ckptlab.lazy import torch\n"
+            "payload = cloudpickle.dumps(lambda: float(torch.ones(3).sum()))\n"
+            "print('torch' in sys.modules, cloudpickle.loads(payload)())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split() == ["False", "3.0"], done.stdout + done.stderr

@@ -135,48 +135,64 @@ def test_windows_come_back_from_the_cache_exactly_and_only_for_the_same_inputs(
 ):
     """`plan` keeps each input set's windows, keyed by what they depend on; a second plan
     reads them without a tokenizer. A changed text or tokenizer file is a miss, a new name is
-    not."""
+    not; a damaged entry is recomputed."""
     import shutil
 
     import ckptlab.hub
-    from ckptlab.inputs import materialize_cached
+    from ckptlab.inputs import materialize_all, tokenizer_identity
 
     hub_folder = Path(
         snapshot_download(
             "pico/pico-xs", revision="step0", cache_dir=pico_hub, local_files_only=True
         )
     )
-    folder = tmp_path / "tokenizer"  # a local copy: plain files, hashed by content
+    # A local copy under a `.cache` folder, as the default $CKPTLAB_HOME (~/.cache/ckptlab)
+    # is: plain files, hashed by content.
+    folder = tmp_path / ".cache" / "tokenizer"
     shutil.copytree(hub_folder, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    names = [name for name, _ in tokenizer_identity(folder)]
+    assert "tokenizer.json" in names and "config.json" in names
+    assert "model.safetensors" not in [name for name, _ in tokenizer_identity(hub_folder)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"w{i % 97}" for i in range(5_000)))
     spec = InputSet(name="c", file=corpus, num_sequences=3, seq_len=16, seed=1)
     cache = tmp_path / "cache"
     fresh = materialize(spec, tokenizer, "m")
-    for source in (hub_folder, folder):  # symlinked blobs and plain files
-        first = materialize_cached(spec, source, "m", cache)
+    for source in (hub_folder, folder):  # symlinks to hub blobs, and plain files
+        [first] = materialize_all([spec], source, "m", cache).values()
         assert np.array_equal(first.token_ids, fresh.token_ids)
     entries = len(list(cache.iterdir()))  # 1: pico's blobs are named by their sha256
 
     def no_tokenizer(*args, **kwargs):
         raise AssertionError("a cached input set loaded a tokenizer")
 
+    other = spec.model_copy(update={"name": "other"})
     with monkeypatch.context() as patched:
         patched.setattr(ckptlab.hub, "load_tokenizer", no_tokenizer)
-        again = materialize_cached(spec.model_copy(update={"name": "other"}), folder, "m", cache)
+        [again] = materialize_all([other], folder, "m", cache).values()
     assert np.array_equal(again.token_ids, fresh.token_ids)
-    assert (again.name, again.input_set_id, again.source) == (
-        "other",
-        fresh.input_set_id,
-        fresh.source,
-    )
+    assert (again.name, again.input_set_id) == ("other", fresh.input_set_id)
+    assert again.source == fresh.source
 
     corpus.write_text(" ".join(f"v{i % 89}" for i in range(5_000)))  # another text
-    changed = materialize_cached(spec, folder, "m", cache)
+    [changed] = materialize_all([spec], folder, "m", cache).values()
     assert len(list(cache.iterdir())) == entries + 1
     assert np.array_equal(changed.token_ids, materialize(spec, tokenizer, "m").token_ids)
     assert changed.input_set_id != fresh.input_set_id
+
+    # Another tokenizer file (here a key AutoTokenizer ignores): another entry, never the
+    # first tokenizer's windows.
     config = folder / "tokenizer_config.json"
-    config.write_text(config.read_text().replace("{", '{"ckptlab_test": 1, ', 1))  # same ids,
-    materialize_cached(spec, folder, "m", cache)  # another file: a new entry, not a stale one
+    config.write_text(config.read_text().replace("{", '{"ckptlab_test": 1, ', 1))
+    materialize_all([spec], folder, "m", cache)
     assert len(list(cache.iterdir())) == entries + 2
+
+    for entry in cache.iterdir():  # damaged entries: recomputed, never an error
+        entry.write_bytes(b"not an array")
+    [mended] = materialize_all([spec], folder, "m", cache).values()
+    assert np.array_equal(mended.token_ids, changed.token_ids)
+
+    # A tokenizer that runs remote code is never cached (its code may live in another repo).
+    before = sorted(cache.iterdir())
+    materialize_all([spec], folder, "m", cache, trust_remote_code=True)
+    assert sorted(cache.iterdir()) == before
