@@ -19,7 +19,7 @@ install: $(STAMP)
 # Builds the pico suite if it is missing, runs the demo spec on a local Ray, queries it.
 demo: install
 	$(VENV)/bin/ckptlab pico build
-	$(VENV)/bin/ckptlab run specs/demo.yaml
+	$(VENV)/bin/ckptlab run specs/demo.yaml --report
 	$(VENV)/bin/ckptlab query "SELECT model, step, round(value, 3) AS cross_entropy FROM results \
 	  WHERE metric = 'cross_entropy' AND step IN (0, 64, 500, 1000) ORDER BY model, step"
 	$(VENV)/bin/ckptlab query "SELECT model, task, shots, round(avg(value), 3) AS accuracy \

@@ -73,7 +73,7 @@ def run(smoke: bool = False) -> str:
                 )
             )
             db = Path(tmp) / "r.duckdb"
-            cli = [sys.executable, "-m", "ckptlab", "run", str(spec), "--db", str(db)]
+            cli = [sys.executable, "-m", "ckptlab", "run", str(spec), "--db", str(db), "--report"]
             cli += ["--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
             for label in ("run", "rerun"):
                 _, seconds = _timed(cli, env)

@@ -293,7 +293,7 @@ class _Lifecycle:
         self.log(unit, values, result.weight_format)
         return twin
 
-    def finish(self, status: str, summary: RunSummary) -> None:
+    def finish(self, status: str, summary: RunSummary, report: bool = False) -> None:
         counts = {
             "cells_computed": summary.cells_computed,
             "cells_copied": summary.cells_copied,
@@ -302,7 +302,8 @@ class _Lifecycle:
             "checkpoints": summary.checkpoints,
             "metric_rows": summary.metric_rows,
         }
-        self.lineage.log_report(self.store.path)
+        if report:  # asked for (run --report): seconds of figures after the last unit
+            self.lineage.log_report(self.store.path)
         self.lineage.finish(status, counts)
         summary.lineage_pending = self.lineage.pending
         # If the file is held now, the next run marks this one killed; its units are stored.
@@ -410,10 +411,14 @@ def run_plan(
     executor,
     console: Console | None = None,
     sketch_dir: Path | None = None,
+    report_to_mlflow: bool = False,
 ) -> RunSummary:
     """Compute the plan's missing cells: skip what is stored -> run units on ``executor`` ->
     persist each unit in one transaction -> log to MLflow. A failing checkpoint is recorded and
-    the others finish; an interrupted run keeps every unit it had persisted."""
+    the others finish; an interrupted run keeps every unit it had persisted.
+    ``report_to_mlflow``: also render the report (`ckptlab report`) into the parent run's
+    artifacts at the end; off by default, so that nothing runs after the last unit that the
+    user did not ask for."""
     console = console or Console()
     sketch_dir = sketch_dir or ckptlab_home() / "sketches"
     started = time.perf_counter()
@@ -538,6 +543,6 @@ def run_plan(
                     )
             status = "FINISHED" if not summary.cells_failed else "FAILED"
         finally:
-            run.finish(status, summary)
+            run.finish(status, summary, report_to_mlflow)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -94,6 +94,14 @@ def test_validate_plan_query_and_a_run_with_nothing_to_do_import_nothing_heavy(t
         ["run", str(spec), "--db", str(db), "--tracking-uri", tracking, "--executor", "inline"],
     )
     assert done.exit_code == 0, done.output
+    # Without --report, nothing ran after the last unit to draw figures into MLflow.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking)
+    [experiment] = [e for e in client.search_experiments() if e.name == "light"]
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert client.list_artifacts(parent.info.run_id, "report") == []
     code, loaded, output = loaded_by("plan", str(spec), "--db", str(db))
     assert code == 0, output
     assert loaded == [], f"ckptlab plan imported {loaded}"

@@ -69,6 +69,7 @@ def run(spec_dict: dict, db: Path, uri: str, hub: Path):
         hub,
         RayExecutor(spec.resources),
         Console(file=io.StringIO()),
+        report_to_mlflow=True,  # the figures in MLflow, as `ckptlab run --report`
     )
     return plan, summary
 

@@ -282,6 +282,14 @@ def run(
             "(git commit) differs.",
         ),
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="At the end, also render the report (ckptlab report) into the MLflow parent "
+            "run's artifacts (seconds after the last unit).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Run a spec: compute the missing cells, store them in DuckDB, log them to MLflow.
@@ -304,6 +312,7 @@ def run(
             retry_failed,
             expect_version,
             human(json_output),
+            report,
         )
     if json_output:
         emit_json(run_summary(spec, summary, db_path, uri))
@@ -361,6 +370,7 @@ def _run_spec(
     retry_failed: bool,
     expect_version: str | None,
     out: Console,
+    report: bool = False,
 ):
     """Plan and run: the RunSummary (run_id None when there was nothing to compute); the text
     for people goes to ``out``."""
@@ -393,14 +403,16 @@ def _run_spec(
     except AddressError as err:
         raise fail(str(err), 2) from None
     try:
-        return _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, out)
+        return _plan_and_run(
+            spec, text, spec_path, db_path, uri, executor, retry_failed, out, report
+        )
     except KeyboardInterrupt:  # planning's reads included (ResultStore converts DuckDB's)
         raise fail(
             "interrupted: every finished checkpoint is stored; run again to resume", 130
         ) from None
 
 
-def _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, out):
+def _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, out, report):
     """The plan against what the DB holds, then the run of what is missing."""
     from ckptlab.orchestrator.cluster import ClusterError
     from ckptlab.orchestrator.executors import ResourceError
@@ -426,7 +438,9 @@ def _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, o
         total = the_plan.total_cells
         return RunSummary(None, len(the_plan.units), 0, total, total - the_plan.missing_cells)
     try:
-        return run_plan(the_plan, text, db_path, uri, hub_cache_dir(), executor, out)
+        return run_plan(
+            the_plan, text, db_path, uri, hub_cache_dir(), executor, out, report_to_mlflow=report
+        )
     except (ResourceError, ClusterError, ResultsBusy) as err:
         raise fail(str(err), 1) from None
 
