@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -194,11 +195,13 @@ def materialize_all(
     tokenizer_of: str,
     cache_dir: Path,
     trust_remote_code: bool = False,
+    before_tokenizing: Callable[[], None] | None = None,
 ) -> dict[str, MaterializedInputSet]:
     """``materialize`` for each input set with the tokenizer of ``folder``, the windows kept in
     ``cache_dir`` under ``windows_key``: planning the same spec again (`ckptlab plan`, a rerun)
     loads no tokenizer, and so imports neither transformers (1 s) nor the torch it brings
-    (2 s). A tokenizer of remote code is never cached: its code may live in another repo."""
+    (2 s). A tokenizer of remote code is never cached: its code may live in another repo.
+    ``before_tokenizing`` is called when a tokenizer is about to load (seconds of work)."""
     from ckptlab.hub import load_tokenizer
 
     identity = None if trust_remote_code else tokenizer_identity(folder)
@@ -221,6 +224,8 @@ def materialize_all(
                 )
                 continue
         if tokenizer is None:  # once per model, and only for what the cache does not hold
+            if before_tokenizing is not None:
+                before_tokenizing()
             tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
         made = _materialize(input_set, source, texts, tokenizer, tokenizer_of)
         if path is not None:

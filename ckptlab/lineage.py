@@ -208,7 +208,6 @@ class Lineage:
         quiet_mlflow()
         from mlflow import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.spec = spec
         self.spec_text = spec_text
@@ -221,6 +220,14 @@ class Lineage:
         self.commits: dict[str, dict[str, tuple]] = {}
         self.multi_input = len(spec.input_sets) > 1
         self.pending: str | None = reachable(tracking_uri)  # why lineage is not logged now
+        try:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+        except Exception as err:  # e.g. a scheme MLflow has no store for: the run goes on
+            self.client = None
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            self.pending = self.pending or (
+                f"MLflow at {tracking_uri}: {type(err).__name__}: {first}"
+            )
 
     @_guarded
     def start(self) -> str:

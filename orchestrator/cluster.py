@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 import tenacity
@@ -188,6 +190,58 @@ def connect(choice: ClusterChoice, env_vars: dict[str, str]) -> bool:
             f"cannot reach Ray at {choice.address} ({choice.source}): {first}{hint}"
         ) from None
     return True
+
+
+class Boot:
+    """``connect`` on a thread of its own, so that Ray starts while the driver plans.
+
+    The thread lives until ``release``: a private Ray's GCS and raylet get a parent-death
+    signal, which Linux sends when the *thread* that started them ends, not the process
+    (measured: a Ray started from a thread that then returned lost its GCS, and the driver
+    gave up a minute later). Ray sets its SIGTERM handler only from the main thread; this
+    sets the same one (exit, so that the shutdown handlers run) when no other is set."""
+
+    def __init__(self, choice: ClusterChoice, env_vars: dict[str, str]):
+        self.choice, self.env_vars = choice, env_vars
+        self.started = False
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._release = threading.Event()
+        if choice.private:  # its environment, before anything imports Ray
+            private_ray_environment()
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+            logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
+        self._thread = threading.Thread(target=self._main, name="ray-boot", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.started = connect(self.choice, self.env_vars)
+        except BaseException as err:  # handed to the waiting thread
+            self.error = err
+        finally:
+            self._done.set()
+        self._release.wait()
+
+    def wait(self) -> bool:
+        """Block until Ray is up: True when this boot started it; its error otherwise."""
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.started
+
+    def release(self) -> None:
+        """Let the thread end: after ``ray.shutdown``, or when Ray never started."""
+        self._release.set()
+
+
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
 def _client_session_failed(err: BaseException) -> bool:

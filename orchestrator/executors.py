@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from ckptlab.analyses.capture import ReferenceSketch
-from ckptlab.orchestrator.cluster import choose_cluster, connect, describe
+from ckptlab.orchestrator.cluster import Boot, choose_cluster, describe
 from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
 from ckptlab.orchestrator.reaper import start_reaper
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
@@ -36,8 +36,14 @@ class InlineExecutor:
     def __exit__(self, *exc) -> None:
         return None
 
+    def warm_up(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
     def prepare(
-        self, demand=None, tasks_per_model=None, say: Callable[[str], None] = print
+        self, tasks_per_model=None, demand=None, say: Callable[[str], None] = print
     ) -> None:
         return None
 
@@ -87,30 +93,56 @@ class RayExecutor:
         self.wait_for_workers = wait_for_workers
         # Decided now, so that a bad --address or RAY_ADDRESS fails before anything runs.
         self.cluster = choose_cluster(address)
-        self._started_ray = False
+        self._boot: Boot | None = None
         self.description = ""
         self.shapes: dict[str, Shape] = {}  # model -> its workers' shape
         self.pool_sizes: dict[Shape, int] = {}
         self.pools: dict[Shape, list] = {}
 
-    def __enter__(self) -> RayExecutor:
+    def warm_up(self) -> None:
+        """Start connecting to Ray now, on a thread (seconds for a private Ray), while the
+        driver goes on planning; ``__enter__`` waits for it. Called again, it does nothing."""
+        if self._boot is not None or self.cluster.source == "existing":
+            return
         # Tokens are not forwarded: a runtime env is visible in Ray's state API. Local
         # workers inherit this process' environment; cluster nodes need their own HF_TOKEN.
         env = {"TOKENIZERS_PARALLELISM": "false"}
         env |= {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         if self.cluster.private:  # its processes must not outlive this one, however it ends
             start_reaper()
-        self._started_ray = connect(self.cluster, env)
+        self._boot = Boot(self.cluster, env)
+
+    def __enter__(self) -> RayExecutor:
+        self.warm_up()
+        if self._boot is not None:
+            try:
+                self._boot.wait()  # a cluster that refuses us raises here
+            except BaseException:
+                self.close()
+                raise
         self.description = describe(self.cluster)
         return self
 
     def __exit__(self, *exc) -> None:
-        import ray
-
         for shape in list(self.pools):
             self._stop_pool(shape)
-        if self._started_ray:
-            ray.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        """Shut down the Ray this executor started, a warm-up's included (a plan that then
+        had nothing to run); a no-op the second time."""
+        boot, self._boot = self._boot, None
+        if boot is None:
+            return
+        try:
+            if boot.wait():
+                import ray
+
+                ray.shutdown()
+        except Exception:  # it never started: the error was (or will be) reported by wait
+            pass
+        finally:
+            boot.release()
 
     # ---------------------------------------------------------------- sizing the workers
 
@@ -158,16 +190,17 @@ class RayExecutor:
 
     def prepare(
         self,
-        demand: dict[str, int] | None = None,
         tasks_per_model: dict[str, int] | None = None,
+        demand: Callable[[], dict[str, int]] | None = None,
         say: Callable[[str], None] = print,
     ) -> None:
-        """Size every model's workers from what one of its units needs (``demand``, bytes),
-        waiting (boundedly) for an autoscaling cluster to add a node that can hold them;
-        ResourceError (one line) when a model fits no node."""
+        """Size every model's workers, waiting (boundedly) for an autoscaling cluster to add a
+        node that can hold them; ResourceError (one line) when a model fits no node.
+        ``demand()``: bytes one unit of each model needs, asked for only when GPU shares are
+        sized to the model (it counts parameters on torch's meta device: seconds of imports
+        in the driver); a CPU worker's shape is the spec's whatever the model."""
         r = self.resources
-        demand = demand or {}
-        tasks_per_model = tasks_per_model or dict.fromkeys(demand, 1)
+        tasks_per_model = tasks_per_model or {}
         gpu_total = sum(n.get("GPU", 0) for n in self._nodes())
         if (
             r.gpus_per_worker != "auto"
@@ -187,11 +220,15 @@ class RayExecutor:
                 "to place them on those GPUs"
             )
             max_gpus = 0
+        if r.gpus_per_worker == "auto" and max_gpus and demand is not None:
+            need_of = demand()
+        else:
+            need_of = dict.fromkeys(tasks_per_model, 0)
         try:
             self.shapes = {
                 model: worker_shape(need, r.cpus_per_worker, r.gpus_per_worker, gpu_bytes,
                                     max_gpus)
-                for model, need in demand.items()
+                for model, need in need_of.items()
             }  # fmt: skip
         except PlacementError as err:
             raise ResourceError(str(err)) from None
@@ -205,7 +242,7 @@ class RayExecutor:
         for shape, count in wanted.items():
             slots = self._slots(shape)
             if slots == 0:
-                self._refuse(shape, demand, gpu_bytes)
+                self._refuse(shape, need_of, gpu_bytes)
             self.pool_sizes[shape] = max(1, min(r.workers or slots, slots, count))
 
     def _wait_for(self, shapes: list[Shape], say: Callable[[str], None]) -> None:

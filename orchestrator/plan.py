@@ -510,9 +510,12 @@ def check_context(spec: Spec, model: str, config: dict) -> None:
             )
 
 
-def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
+def build_plan(
+    spec: Spec, hub_dir: Path, done_keys, before_tokenizing: Callable[[], None] | None = None
+) -> Plan:
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
-    cell. ``done_keys(keys) -> set`` says which cells the results DB already has."""
+    cell. ``done_keys(keys) -> set`` says which cells the results DB already has;
+    ``before_tokenizing()`` is called when an input set must be tokenized (not cached)."""
     listings: dict[str, Listing | CheckpointError] = {}
     refs = expand_checkpoints(spec, hub_dir, listings)
     commits = resolve(refs, hub_dir, listings)
@@ -561,6 +564,7 @@ def build_plan(spec: Spec, hub_dir: Path, done_keys) -> Plan:
                     tokenizer_of=ref.model,
                     cache_dir=ckptlab_home() / "input-sets",
                     trust_remote_code=spec.loading.trust_remote_code,
+                    before_tokenizing=before_tokenizing,
                 )
             except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
                 raise

@@ -7,8 +7,11 @@ transaction (its cell rows mark it done) -> log to MLflow -> summary.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,8 +68,10 @@ class RunSummary:
         return self.run_id is None
 
 
-def make_plan(spec: Spec, db_path: Path, hub_dir: Path) -> Plan:
-    return build_plan(spec, hub_dir, ResultStore(db_path).done_cell_keys)
+def make_plan(
+    spec: Spec, db_path: Path, hub_dir: Path, before_tokenizing: Callable[[], None] | None = None
+) -> Plan:
+    return build_plan(spec, hub_dir, ResultStore(db_path).done_cell_keys, before_tokenizing)
 
 
 def _task(
@@ -98,23 +103,28 @@ def _task(
     )
 
 
-def _demand(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
-    """Bytes one unit of each model needs (its config, the dtype, one batch, the analyses'
-    states), and how many units each model has to run."""
-    spec = plan.spec
-    needs = set().union(*(get_analysis(a.name).needs for a in spec.analyses))
-    seq_len = max((s.seq_len for s in spec.input_sets), default=0)
+def _units_per_model(plan: Plan) -> dict[str, int]:
+    """How many units each model has to run on workers."""
     per_model: dict[str, int] = {}
     for unit in plan.todo:
         if _runs(unit):
             per_model[unit.checkpoint.model] = per_model.get(unit.checkpoint.model, 0) + 1
+    return per_model
+
+
+def _demand(plan: Plan) -> dict[str, int]:
+    """Bytes one unit of each model needs (its config, the dtype, one batch, the analyses'
+    states)."""
+    spec = plan.spec
+    needs = set().union(*(get_analysis(a.name).needs for a in spec.analyses))
+    seq_len = max((s.seq_len for s in spec.input_sets), default=0)
     demand = {}
-    for model in per_model:
+    for model in _units_per_model(plan):
         config = plan.model_configs.get(model)
         if config:
             r = spec.resources
             demand[model] = unit_bytes(config, r.dtype, r.batch_size, seq_len, needs)
-    return demand, per_model
+    return demand
 
 
 def _runs(unit: Unit) -> bool:
@@ -173,9 +183,20 @@ def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
 
 class _Lifecycle:
     """One ``ckptlab run``: the driver's view. Owns the results DB (single writer) and the
-    MLflow runs; executors only hand back results."""
+    MLflow runs; executors only hand back results.
 
-    def __init__(self, plan: Plan, spec_text: str, db_path: Path, tracking_uri: str):
+    MLflow opens on a thread of its own (its import, client, store and parent run take 1-3 s,
+    a fresh sqlite store's migrations most of it) while the first units run: nothing touches
+    it before the first unit is persisted, which then waits for it if it must."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        spec_text: str,
+        db_path: Path,
+        tracking_uri: str,
+        on_pending: Callable[[str], None] = lambda why: None,
+    ):
         self.plan = plan
         self.spec = plan.spec
         self.store = ResultStore(db_path)
@@ -200,15 +221,47 @@ class _Lifecycle:
             for name, materialized in sets.items():
                 config = configs[name]
                 self.store.write_input_set(materialized, config.num_sequences, config.seq_len)
-        self.lineage = Lineage(tracking_uri, self.spec, spec_text, self.run_id, code)
-        self.mlflow_run_id = self.lineage.start()
         self.cells_by_key = {c.key: c for u in plan.units for c in u.cells if c.key}
+        cached = _cached_values(self.store, plan)  # read here: the driver owns the DB
+        self._lineage: Future[Lineage] = Future()
+        threading.Thread(
+            target=self._open_lineage,
+            args=(tracking_uri, spec_text, code, cached, on_pending),
+            name="mlflow-open",
+            daemon=True,
+        ).start()
+
+    def _open_lineage(self, tracking_uri, spec_text, code, cached, on_pending) -> None:
+        """The MLflow parent run, then the plan's stored cells logged to it (so that each
+        MLflow run shows whole curves)."""
+        try:
+            lineage = Lineage(tracking_uri, self.spec, spec_text, self.run_id, code)
+            lineage.start()
+            if lineage.pending:
+                on_pending(lineage.pending)
+            for unit in self.plan.units:
+                done_here = {c.key: cached[c.key] for c in unit.cells if c.key in cached}
+                if done_here:
+                    self.log(unit, done_here, lineage=lineage)
+        except BaseException as err:  # raised where the lineage is first used
+            self._lineage.set_exception(err)
+        else:
+            self._lineage.set_result(lineage)
+
+    @property
+    def lineage(self) -> Lineage:
+        return self._lineage.result()
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        return self.lineage.parent_id
 
     def log(
         self,
         unit: Unit,
         keyed_values: dict[str, list[tuple]],
         weight_format: str | None = None,
+        lineage: Lineage | None = None,
     ) -> None:
         """keyed_values: cell key -> (layer, metric, value, task, shots, task_seed) rows."""
         rows = []
@@ -222,14 +275,8 @@ class _Lifecycle:
             if weight_format is None and unit.layout is not None:
                 weight_format = unit.layout.format
             twin = unit.duplicate_of.revision if unit.duplicate_of else None
-            self.lineage.log_checkpoint(unit.checkpoint, unit.commit, rows, weight_format, twin)
-
-    def log_cached(self) -> None:
-        cached = _cached_values(self.store, self.plan)
-        for unit in self.plan.units:
-            done_here = {c.key: cached[c.key] for c in unit.cells if c.key in cached}
-            if done_here:
-                self.log(unit, done_here)
+            lineage = lineage or self.lineage
+            lineage.log_checkpoint(unit.checkpoint, unit.commit, rows, weight_format, twin)
 
     def record_unresolved(self, unit: Unit) -> int:
         error = f"resolve: {unit.checkpoint.label}: {unit.error}"
@@ -434,8 +481,11 @@ def run_plan(
     units = {u.checkpoint: u for u in plan.units}
     with executor:
         # Resource errors surface before anything is written.
-        demand, per_model = _demand(plan)
-        executor.prepare(demand, per_model, lambda line: console.print(line, highlight=False))
+        executor.prepare(
+            _units_per_model(plan),
+            lambda: _demand(plan),
+            lambda line: console.print(line, highlight=False),
+        )
         console.print(
             f"{executor.description}; {executor.pool_summary()}", highlight=False, soft_wrap=True
         )
@@ -458,24 +508,25 @@ def run_plan(
         opening = first[0].checkpoint if first else later[0].checkpoint if later else None
         if opening is not None and hasattr(executor, "start_workers"):
             executor.start_workers(opening.model)
-        run = _Lifecycle(plan, spec_text, db_path, tracking_uri)
-        summary.run_id, summary.mlflow_run_id = run.run_id, run.mlflow_run_id
+
+        def pending(why: str) -> None:
+            console.print(
+                f"[yellow]lineage pending[/yellow]: {why}; results go to DuckDB, `ckptlab sync` "
+                "logs them to MLflow later",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        run = _Lifecycle(plan, spec_text, db_path, tracking_uri, pending)
+        summary.run_id = run.run_id
         summary.reaped_runs = run.reaped
         if run.reaped:
             console.print(
                 f"marked {len(run.reaped)} earlier run(s) killed: their driver is gone",
                 highlight=False,
             )
-        if run.lineage.pending:
-            console.print(
-                f"[yellow]lineage pending[/yellow]: {run.lineage.pending}; results go to "
-                "DuckDB, `ckptlab sync` logs them to MLflow later",
-                highlight=False,
-                soft_wrap=True,
-            )
         status = "KILLED"
         try:
-            run.log_cached()
             for unit in plan.todo:
                 if unit.error is not None:
                     summary.failures.append(f"{unit.checkpoint.label}: {unit.error}")
@@ -544,5 +595,6 @@ def run_plan(
             status = "FINISHED" if not summary.cells_failed else "FAILED"
         finally:
             run.finish(status, summary, report_to_mlflow)
+            summary.mlflow_run_id = run.mlflow_run_id
     summary.seconds = time.perf_counter() - started
     return summary

@@ -120,14 +120,15 @@ def load(path: Path) -> tuple[Spec, str]:
     return spec, text
 
 
-def plan_of(spec: Spec, spec_path: Path, db_path: Path):
-    """The plan, or a one-line exit-2 error when an input set cannot be cut from its corpus."""
+def plan_of(spec: Spec, spec_path: Path, db_path: Path, before_tokenizing=None):
+    """The plan, or a one-line exit-2 error when an input set cannot be cut from its corpus.
+    ``before_tokenizing``: called when an input set must be tokenized (``build_plan``)."""
     from ckptlab.inputs import InputSetError
     from ckptlab.orchestrator.runner import make_plan
     from ckptlab.results import ResultsBusy
 
     try:
-        return make_plan(spec, db_path, hub_cache_dir())
+        return make_plan(spec, db_path, hub_cache_dir(), before_tokenizing)
     except (InputSetError, SpecError) as err:  # SpecError: e.g. an ICL task file is missing
         raise fail(f"{spec_path}: {err}", 2) from None
     except ResultsBusy as err:

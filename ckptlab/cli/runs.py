@@ -419,30 +419,46 @@ def _plan_and_run(spec, text, spec_path, db_path, uri, executor, retry_failed, o
     from ckptlab.orchestrator.runner import RunSummary, run_plan
     from ckptlab.results import ResultsBusy
 
-    the_plan = plan_of(spec, spec_path, db_path)
-    if retry_failed:
-        try:
-            only_failed(the_plan, db_path)
-        except ResultsBusy as err:
-            raise fail(str(err), 1) from None
-    if not the_plan.todo:
-        if retry_failed:
-            out.print(
-                f"Nothing to retry: no failed cell of {spec.name!r} is missing from {db_path}."
-            )
-        else:
-            out.print(
-                f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "
-                f"{len(the_plan.units)} checkpoints are already in {db_path}."
-            )
-        total = the_plan.total_cells
-        return RunSummary(None, len(the_plan.units), 0, total, total - the_plan.missing_cells)
+    # Ray starts (seconds) while the plan is made, when there is surely or likely work: the
+    # results file is new, or an input set must be tokenized, so none of its cells can be
+    # stored yet (unless the results file came from elsewhere: then Ray is shut down again).
+    warm_up = None if retry_failed else executor.warm_up
+    if warm_up is not None and not Path(db_path).exists():
+        warm_up()
     try:
-        return run_plan(
-            the_plan, text, db_path, uri, hub_cache_dir(), executor, out, report_to_mlflow=report
-        )
-    except (ResourceError, ClusterError, ResultsBusy) as err:
-        raise fail(str(err), 1) from None
+        the_plan = plan_of(spec, spec_path, db_path, before_tokenizing=warm_up)
+        if retry_failed:
+            try:
+                only_failed(the_plan, db_path)
+            except ResultsBusy as err:
+                raise fail(str(err), 1) from None
+        if not the_plan.todo:
+            if retry_failed:
+                out.print(
+                    f"Nothing to retry: no failed cell of {spec.name!r} is missing from {db_path}."
+                )
+            else:
+                out.print(
+                    f"Nothing to compute: all {the_plan.total_cells} cells of {spec.name!r} over "
+                    f"{len(the_plan.units)} checkpoints are already in {db_path}."
+                )
+            total = the_plan.total_cells
+            return RunSummary(None, len(the_plan.units), 0, total, total - the_plan.missing_cells)
+        try:
+            return run_plan(
+                the_plan,
+                text,
+                db_path,
+                uri,
+                hub_cache_dir(),
+                executor,
+                out,
+                report_to_mlflow=report,
+            )
+        except (ResourceError, ClusterError, ResultsBusy) as err:
+            raise fail(str(err), 1) from None
+    finally:  # a Ray started for a plan that then had nothing to run, or failed
+        executor.close()
 
 
 def run_summary(spec: Spec, summary, db_path, tracking_uri: str) -> dict:
