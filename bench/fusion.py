@@ -204,7 +204,8 @@ def naive(config: dict) -> dict:
 
     hf_logging.disable_progress_bar()
     hub = config["hub"]
-    where = {"cache_dir": hub, "local_files_only": True}
+    # From the hub cache; with "online" (bench/download_sweep.py) from HF_ENDPOINT's server.
+    where = {"cache_dir": hub, "local_files_only": not config.get("online")}
 
     def capture_of(model, tokenizer, ids: torch.Tensor, needs) -> tuple[Capture, bool]:
         """One forward pass over the whole input set with what this analysis reads."""

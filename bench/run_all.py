@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent
 SECTIONS = [  # in the order they appear
     "fusion",
     "overhead",
+    "download_sweep",
     "demo_time",
     "icl_scoring",
     "kernels",

@@ -265,8 +265,8 @@ class Resources(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: PositiveInt = 8
     max_retries: NonNegativeInt = 1  # Ray retries of a unit whose worker process died
-    # Bytes of checkpoints a worker may hold (prefetched next + finished, evictable) in
-    # ckptlab's own hub cache; None: no limit, nothing evicted.
+    # Bytes of checkpoints a node's download queue may hold (downloaded ahead + finished,
+    # evictable) in ckptlab's own hub cache; None: no limit, nothing evicted.
     disk_budget_gib: PositiveFloat | None = None
     prefetch: bool = True  # download each worker's next checkpoint while it computes
     # Memory one worker may use: on a GPU, that much of the GPU (PyTorch's per-process

@@ -3,6 +3,7 @@ persist, mark done). Both yield (task, UnitResult or the exception that lost the
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
@@ -12,6 +13,7 @@ from dataclasses import replace
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.cluster import Boot, choose_cluster, describe
 from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
+from ckptlab.orchestrator.prefetch import wanted
 from ckptlab.orchestrator.reaper import start_reaper
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 from ckptlab.spec import Resources
@@ -96,6 +98,8 @@ class RayExecutor:
         self._boot: Boot | None = None
         self.description = ""
         self.shapes: dict[str, Shape] = {}  # model -> its workers' shape
+        self.downloads: dict[str, object] = {}  # node id -> its NodeDownloads actor
+        self._orders = itertools.count(1)  # the order units' checkpoints are queued in
         self.pool_sizes: dict[Shape, int] = {}
         self.pools: dict[Shape, list] = {}
 
@@ -124,8 +128,13 @@ class RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
+        import ray
+
         for shape in list(self.pools):
             self._stop_pool(shape)
+        for queue in self.downloads.values():
+            ray.kill(queue)
+        self.downloads = {}
         self.close()
 
     def close(self) -> None:
@@ -295,10 +304,15 @@ class RayExecutor:
     def _pool(self, shape: Shape) -> list:
         """The workers of one shape, started once and reused by every wave of units; other
         shapes' workers are stopped first, so they never hold what this pool needs."""
+        import ray
+
         from ckptlab.orchestrator.ray_worker import CheckpointWorker
 
         for other in [s for s in self.pools if s != shape]:
             self._stop_pool(other)
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) == 1:  # one machine: its download queue starts with the workers
+            self._downloads_on(nodes[0])
         r = self.resources
         pool = self.pools.setdefault(shape, [])
         while len(pool) < self.pool_sizes.get(shape, 1):
@@ -311,11 +325,26 @@ class RayExecutor:
                 ).remote(
                     threads=max(1, int(shape.cpus)),
                     gpus=shape.gpus,
-                    disk_budget_gib=r.disk_budget_gib,
                     memory_limit_gib=r.memory_limit_gib,
                 )
             )
         return pool
+
+    def _downloads_on(self, node: str | None):
+        """The node's download queue (``NodeDownloads``), started once per node and kept
+        across pools: what it downloaded is what its disk budget counts."""
+        if node is None:
+            return None
+        if node not in self.downloads:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from ckptlab.orchestrator.ray_worker import NodeDownloads
+
+            self.downloads[node] = NodeDownloads.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                max_restarts=-1,
+            ).remote(self.resources.disk_budget_gib)
+        return self.downloads[node]
 
     def _stop_pool(self, shape: Shape) -> None:
         import ray
@@ -329,8 +358,10 @@ class RayExecutor:
         on_start: OnStart = lambda t: None,
         references: References | None = None,
     ) -> Iterator[Outcome]:
-        """Units on the pools, one per actor at a time, the actor's next unit prefetched;
-        yields (task, result or the exception that lost it) as they finish."""
+        """Units on the pools, one per actor at a time, each node's checkpoints queued on its
+        one download link in the order its actors will take them (a unit's own first, then
+        the next one each actor will take); yields (task, result or the exception that lost
+        it) as they finish."""
         import ray
 
         if not tasks:
@@ -349,6 +380,13 @@ class RayExecutor:
         import ray
 
         queue = deque(tasks)
+        alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        if len(alive) == 1:
+            # One machine: the first units' checkpoints start downloading now, in the order
+            # the units will be taken, while the workers start (seconds of imports).
+            ahead = [wanted(t, order=next(self._orders)) for t in tasks[: 2 * len(pool)]]
+            if any(ahead):
+                self._downloads_on(alive[0]).add.remote([item for item in ahead if item])
         # Where each checkpoint already is: a node's actor takes the units its cache holds.
         # This first call also tells which actors came up: one Ray cannot place is dropped.
         keys = [(t.checkpoint.model, t.commit) for t in tasks if t.checkpoint.source == "hub"]
@@ -359,13 +397,15 @@ class RayExecutor:
             pool.remove(asked[ref])
         if not pool:
             raise ResourceError(f"no worker started within {ACTOR_START_S:g}s")
-        held = []
+        held, nodes = [], []
         refs_of = {actor: ref for ref, actor in asked.items()}
         for actor in pool:  # in pool order: held[i] is what actor i's node holds
             try:
-                held.append(set(map(tuple, ray.get(refs_of[actor]))))
+                node, keys = ray.get(refs_of[actor])
             except Exception:  # a worker that died at start: Ray restarts it
-                held.append(set())
+                node, keys = None, []
+            nodes.append(node)
+            held.append(set(map(tuple, keys)))
         reserved: dict = {}  # actor index -> the task it downloads now and takes next
         in_flight = {}
 
@@ -389,26 +429,39 @@ class RayExecutor:
             """At the end, an idle actor takes a unit another is only downloading."""
             for other in list(reserved):
                 if other != index:
-                    return reserved.pop(other)
+                    task = reserved.pop(other)
+                    if nodes[other] != nodes[index] and (queue := self._downloads_on(nodes[other])):
+                        queue.drop.remote(*key(task))  # its own node fetches it now
+                    return task
             return None
 
-        def submit(index: int) -> None:
-            task = reserved.pop(index, None) or take(index) or steal(index)
+        def submit(index: int, task: UnitTask | None = None) -> None:
+            task = task or reserved.pop(index, None) or take(index) or steal(index)
             if task is None:
                 return
             upcoming = take(index) if self.resources.prefetch else None
             if upcoming is not None:
                 reserved[index] = upcoming
             on_start(task)
-            wanted = {c.reference_key for c in task.cells if c.reference_key in stored}
+            queue = self._downloads_on(nodes[index])
+            if queue is not None:  # this unit's checkpoint first (the actor waits), then its next
+                items = [wanted(task, now=True, order=next(self._orders))]
+                if upcoming is not None:
+                    items.append(wanted(upcoming, order=next(self._orders)))
+                if any(items):
+                    queue.add.remote([item for item in items if item])
+            needed = {c.reference_key for c in task.cells if c.reference_key in stored}
             # The driver's hub path may not exist on a cluster's nodes: each finds its own.
             remote = replace(task, hub_dir=None)
-            prefetch = replace(upcoming, hub_dir=None, cells=[]) if upcoming else None
-            ref = pool[index].run.remote(remote, {k: stored[k] for k in wanted}, prefetch)
+            ref = pool[index].run.remote(remote, {k: stored[k] for k in needed}, queue)
             in_flight[ref] = (index, task)
 
-        for index in range(len(pool)):
-            submit(index)
+        # Every actor's first unit before any actor's next one: the order they will run in,
+        # and the order the node's downloads were queued in above.
+        firsts = [take(index) for index in range(len(pool))]
+        for index, task in enumerate(firsts):
+            if task is not None:
+                submit(index, task)
         while in_flight:
             [ready], _ = ray.wait(list(in_flight), num_returns=1)
             index, task = in_flight.pop(ready)

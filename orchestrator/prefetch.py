@@ -1,17 +1,22 @@
-"""Prefetch and a disk budget, per worker: while a unit computes, the checkpoint of the unit
-the worker takes next is already downloading; downloads this worker made are evicted once
-their unit is done when the budget is exceeded. Eviction only ever touches ckptlab's own hub
-cache (``$CKPTLAB_HOME/hub``, never a user's ``HF_HUB_CACHE``), never a checkpoint still in
-use, and never one that was in the cache before this worker downloaded it."""
+"""One node's checkpoint downloads: one queue, one link, a disk budget.
+
+Every download of a node goes through its ``DownloadQueue`` (held by one ``NodeDownloads``
+actor per node): one at a time, each with the node's whole bandwidth, in the order the
+driver says the node's units will run. A unit's own checkpoint goes before any unit's next
+one, so the first compute starts after one download, not after every worker's first download
+shared one link. While units compute, the queue downloads the units they take next, ahead
+of them within the disk budget. Downloads whose units are done are evicted, oldest first,
+once the budget is exceeded; eviction only ever touches ckptlab's own hub cache
+(``$CKPTLAB_HOME/hub``, never a user's ``HF_HUB_CACHE``), never a checkpoint still in use,
+and never one that was in the cache before the queue downloaded it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ckptlab.home import ckptlab_home, hub_cache_dir
@@ -39,99 +44,154 @@ def managed_cache() -> bool:
     return "HF_HUB_CACHE" not in os.environ and hub_cache_dir() == ckptlab_home() / "hub"
 
 
-@dataclass
-class Download:
+@dataclass(frozen=True)
+class Wanted:
+    """A checkpoint a unit of this node will read; ``now``: a worker is about to wait for it."""
+
     repo: str
     revision: str
     commit: str
-    future: Future
-    started_at: float
+    weight_files: tuple[str, ...] | None = None  # the plan's layout: exactly these files
+    allow_pickle: bool = False
+    now: bool = False
+    order: int = 0  # the driver's: the order of the node's units
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.repo, self.commit
+
+
+def wanted(task, now: bool = False, order: int = 0) -> Wanted | None:
+    """What a unit (``UnitTask``) downloads, if anything: a hub checkpoint that may be
+    fetched (not one restricted to the cache)."""
+    ref = task.checkpoint
+    if ref.source != "hub" or ref.local_only or task.commit is None:
+        return None
+    return Wanted(ref.model, ref.revision, task.commit, task.weight_files, task.allow_pickle,
+                  now, order)  # fmt: skip
+
+
+@dataclass
+class Download:
+    wanted: Wanted
+    urgent: bool = False  # a worker waits for it: the disk budget does not hold it back
     bytes: int = 0
+    started_at: float | None = None
     finished_at: float | None = None
+    error: str | None = None
     done: bool = False  # its unit finished: it may be evicted
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
-class Prefetcher:
-    def __init__(self, budget_gib: float | None, allow_pickle: bool = False):
+class DownloadQueue:
+    def __init__(self, budget_gib: float | None):
         self.budget = budget_gib * 2**30 if budget_gib else None
-        self.allow_pickle = allow_pickle
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self.downloads: dict[tuple[str, str], Download] = {}
+        self.downloads: dict[tuple[str, str], Download] = {}  # in the order they were queued
+        self.changed = threading.Condition()
+        threading.Thread(target=self._download_in_order, name="downloads", daemon=True).start()
 
-    def start(
-        self,
-        repo: str,
-        revision: str,
-        commit: str,
-        local_only: bool,
-        weight_files: tuple[str, ...] | None = None,
-    ) -> None:
-        """Begin downloading a revision in the background, if it is not cached and fits;
-        ``weight_files``: the plan's layout of it (exactly those are fetched)."""
-        key = (repo, commit)
-        cache = hub_cache_dir()
-        if local_only or hub_offline() or key in self.downloads:
-            return
-        if snapshot_complete(repo, commit, cache):
-            return
-        size = self._size(repo, commit)
-        if self.budget is not None:
-            self.evict(keep={key})
-            if self.held() + size > self.budget:
-                return  # over budget: the unit downloads it itself when it runs
-        download = Download(repo, revision, commit, None, time.time(), size)  # type: ignore[arg-type]
+    def add(self, wanted: list[Wanted]) -> None:
+        """Queue checkpoints; they download in the driver's ``order`` (the order this
+        node's units will read them: calls may arrive out of order). One a worker waits for
+        (``now``) goes before everything not yet started."""
+        for item in wanted:
+            if hub_offline() or snapshot_complete(item.repo, item.commit, hub_cache_dir()):
+                continue
+            size = self._size(item.repo, item.commit) if self.budget is not None else 0
+            with self.changed:
+                download = self.downloads.get(item.key)
+                if download is None:
+                    download = Download(item, bytes=size)
+                    self.downloads[item.key] = download
+                if item.now:
+                    download.urgent = True
+                self.changed.notify_all()
 
-        def fetch() -> None:
-            try:
-                fetch_snapshot(repo, revision, cache, local_only=False,
-                               allow_pickle=self.allow_pickle,
-                               weight_files=weight_files)  # fmt: skip
-            finally:
-                download.finished_at = time.time()
-
-        download.future = self.pool.submit(fetch)
-        self.downloads[key] = download
-
-    def wait(self, repo: str, commit: str) -> Download | None:
-        """Block until a prefetch of this revision has finished; None if there was none."""
-        download = self.downloads.get((repo, commit))
+    def ready(self, wanted: Wanted) -> Download | None:
+        """Block until the queue's download of this checkpoint has ended (queued first if it
+        was not); None when there was nothing to download. A failed download is left to the
+        unit, which fetches again and records why."""
+        self.add([replace(wanted, now=True)])
+        with self.changed:
+            download = self.downloads.get(wanted.key)
         if download is None:
             return None
-        with contextlib.suppress(CheckpointError):  # the unit fetches again, records it
-            download.future.result()
+        download.finished.wait()
         return download
 
-    def record(self, repo: str, revision: str, commit: str, cached_before: bool) -> None:
-        """A unit downloaded its own checkpoint: track it for eviction."""
-        key = (repo, commit)
-        if key not in self.downloads and not cached_before:
-            self.downloads[key] = Download(repo, revision, commit, _done(), time.time(),
-                                           self._size(repo, commit))  # fmt: skip
+    def drop(self, repo: str, commit: str) -> None:
+        """Forget a queued download not yet started (its unit went to another node)."""
+        with self.changed:
+            download = self.downloads.get((repo, commit))
+            if download is not None and download.started_at is None:
+                del self.downloads[(repo, commit)]
 
     def finished(self, repo: str, commit: str) -> None:
-        download = self.downloads.get((repo, commit))
-        if download is not None:
-            download.done = True
-        self.evict(keep=set())
+        """A unit that read this checkpoint is done with it: over the budget, the oldest
+        such downloads are evicted now."""
+        with self.changed:
+            download = self.downloads.get((repo, commit))
+            if download is not None:
+                download.done = True
+            self._evict(keep=set())
+            self.changed.notify_all()
 
-    def held(self) -> int:
-        return sum(d.bytes for d in self.downloads.values())
+    # ------------------------------------------------------------------ the one link
 
-    def evict(self, keep: set) -> list[str]:
-        """Delete this worker's finished downloads, oldest first, while over budget."""
+    def _next(self) -> Download | None:
+        """The next download to start: urgent ones first, then the driver's order; one that
+        does not fit the budget waits for an eviction (an urgent one never waits)."""
+        waiting = [d for d in self.downloads.values() if d.started_at is None]
+        if not waiting:
+            return None
+        head = min(waiting, key=lambda d: (not d.urgent, d.wanted.order))
+        if self.budget is None or head.urgent:
+            return head
+        self._evict(keep={head.wanted.key})
+        return head if self._held() + head.bytes <= self.budget else None
+
+    def _download_in_order(self) -> None:
+        while True:
+            with self.changed:
+                download = self._next()
+                while download is None:
+                    self.changed.wait()
+                    download = self._next()
+                download.started_at = time.time()
+            item = download.wanted
+            try:
+                fetch_snapshot(item.repo, item.revision, hub_cache_dir(), local_only=False,
+                               allow_pickle=item.allow_pickle,
+                               weight_files=item.weight_files)  # fmt: skip
+            except CheckpointError as err:
+                download.error = err.reason
+            except Exception as err:  # never let the queue's thread die
+                download.error = f"{type(err).__name__}: {err}"
+            with self.changed:
+                download.finished_at = time.time()
+                download.finished.set()
+                self.changed.notify_all()
+
+    # ------------------------------------------------------------------ the disk budget
+
+    def _held(self) -> int:
+        return sum(d.bytes for d in self.downloads.values() if d.started_at is not None)
+
+    def _evict(self, keep: set) -> list[str]:
+        """Delete finished downloads whose units are done, oldest first, while over budget."""
         if self.budget is None or not managed_cache():
             return []
         from huggingface_hub import scan_cache_dir
 
         evicted = []
         for key, download in list(self.downloads.items()):
-            if self.held() <= self.budget:
+            if self._held() <= self.budget:
                 break
-            if not download.done or key in keep:
+            if not download.done or download.finished_at is None or key in keep:
                 continue
-            scan_cache_dir(hub_cache_dir()).delete_revisions(download.commit).execute()
+            scan_cache_dir(hub_cache_dir()).delete_revisions(download.wanted.commit).execute()
             del self.downloads[key]
-            evicted.append(f"{download.repo}@{download.revision}")
+            evicted.append(f"{download.wanted.repo}@{download.wanted.revision}")
         return evicted
 
     @staticmethod
@@ -144,9 +204,3 @@ class Prefetcher:
         except Exception:
             return 0
         return sum(s.size or 0 for s in info.siblings or [])
-
-
-def _done() -> Future:
-    future: Future = Future()
-    future.set_result(None)
-    return future

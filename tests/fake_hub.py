@@ -73,6 +73,10 @@ class FakeHub:
         self.repos: dict[tuple[str, str], Repo] = {}  # (kind, repo id) -> repo
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.bytes_per_second: float | None = None  # throttle file downloads
+        # One link for every download at once (a node's uplink), instead of bytes_per_second
+        # for each connection: concurrent downloads share it.
+        self.shared_link = False
+        self._link_free_at = 0.0
         self.fail: dict[str, int] = {}  # path substring -> HTTP status to answer with
         self.latency_s = 0.0  # added to every request: a hub across the ocean
         self.lock = threading.Lock()
@@ -155,9 +159,21 @@ class FakeHub:
             if self.bytes_per_second and status == 200 and len(body) > 4096:
                 for start in range(0, len(body), 65536):
                     handler.wfile.write(body[start : start + 65536])
-                    time.sleep(min(65536, len(body) - start) / self.bytes_per_second)
+                    self._wait_for_link(min(65536, len(body) - start))
             else:
                 handler.wfile.write(body)
+
+    def _wait_for_link(self, size: int) -> None:
+        """Sleep as long as ``size`` bytes take: on this connection's own link, or on the one
+        link all connections share (each chunk is sent after those already queued on it)."""
+        seconds = size / self.bytes_per_second
+        if not self.shared_link:
+            time.sleep(seconds)
+            return
+        with self.lock:
+            end = max(time.monotonic(), self._link_free_at) + seconds
+            self._link_free_at = end
+        time.sleep(max(0.0, end - time.monotonic()))
 
     def _json(self, handler, value, head=False, headers=None) -> None:
         body = json.dumps(value).encode()

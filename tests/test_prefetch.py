@@ -1,9 +1,12 @@
-"""Prefetch and the disk budget, against a throttled hub of our own: a worker's next
-checkpoint downloads while it computes (the recorded timings overlap), and a disk budget
-evicts finished downloads from ckptlab's own cache, never from a user's."""
+"""A node's downloads and the disk budget, against a throttled hub of our own: one download
+at a time in the order the units run, a worker's next checkpoint downloading while it
+computes (the recorded timings overlap), two workers sharing one link without splitting it,
+and a disk budget that evicts finished downloads from ckptlab's own cache, never from a
+user's."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -68,14 +71,42 @@ def test_the_next_checkpoint_downloads_while_this_one_computes(hub, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     rows = units(home)
     assert [r["cells"] for r in rows] == [3] * len(REVISIONS)
+    assert all(r["p_start"] is not None for r in rows)  # every download went through the queue
     first, *later = rows
-    assert first["p_start"] is None and first["fetch_seconds"] > 1.0  # nothing to prefetch yet
+    assert first["p_end"] - first["p_start"] > 1.0  # nothing could be there before the run
     for previous, unit in zip(rows, later, strict=False):
-        # Its download began while the previous unit ran, before that one finished...
-        assert previous["started"] <= unit["p_start"] < previous["finished"], unit
+        # One link: a download starts once the one before it has ended, in the units' order.
+        assert unit["p_start"] >= previous["p_end"] - 0.01, (previous, unit)
+        # Its download began before the previous unit finished...
+        assert unit["p_start"] < previous["finished"], unit
         # ...so the unit itself waited less than the download took.
         download = unit["p_end"] - unit["p_start"]
         assert download > 1.0 and unit["fetch_seconds"] < download, unit
+
+
+def test_two_workers_share_one_link_one_download_at_a_time(hub, tmp_path):
+    """Both workers' first checkpoints do not split the node's link: no two downloads
+    overlap, and the two workers' first units get the first two downloads."""
+    hub.shared_link = True
+    try:
+        home = tmp_path / "home"
+        spec = SPEC.replace("workers: 1, gpus_per_worker: 0", "workers: 2, cpus_per_worker: 1, "
+                            "gpus_per_worker: 0")  # fmt: skip
+        done = run(hub, home, spec, tmp_path)
+    finally:
+        hub.shared_link = False
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = units(home)
+    assert [r["cells"] for r in rows] == [3] * len(REVISIONS)
+    spans = sorted((r["p_start"], r["p_end"]) for r in rows)
+    # One at a time, so each has the whole link (the first also pays the queue's first
+    # requests, so it is not compared with the others).
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end - 0.01, spans
+    assert min(end - start for start, end in spans) > 1.0  # ~1.5 s each at the throttle
+    # The two workers' first units were the first two downloads, ahead of their next ones.
+    by_download = sorted(rows, key=lambda r: r["p_start"])
+    assert {r["revision"] for r in rows[:2]} == {r["revision"] for r in by_download[:2]}, rows
 
 
 def test_a_disk_budget_evicts_finished_downloads_from_ckptlabs_own_cache(hub, tmp_path):
