@@ -13,7 +13,7 @@ from dataclasses import replace
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.cluster import Boot, choose_cluster, describe
 from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
-from ckptlab.orchestrator.prefetch import wanted
+from ckptlab.orchestrator.prefetch import DownloadQueue, Wanted, wanted
 from ckptlab.orchestrator.reaper import start_reaper
 from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
 from ckptlab.spec import Resources
@@ -39,6 +39,9 @@ class InlineExecutor:
         return None
 
     def warm_up(self) -> None:
+        return None
+
+    def download_ahead(self, items: list[Wanted]) -> None:
         return None
 
     def close(self) -> None:
@@ -100,6 +103,7 @@ class RayExecutor:
         self.shapes: dict[str, Shape] = {}  # model -> its workers' shape
         self.downloads: dict[str, object] = {}  # node id -> its NodeDownloads actor
         self._orders = itertools.count(1)  # the order units' checkpoints are queued in
+        self._early: DownloadQueue | None = None  # the driver's, until the node's takes over
         self.pool_sizes: dict[Shape, int] = {}
         self.pools: dict[Shape, list] = {}
 
@@ -115,6 +119,17 @@ class RayExecutor:
         if self.cluster.private:  # its processes must not outlive this one, however it ends
             start_reaper()
         self._boot = Boot(self.cluster, env)
+
+    def download_ahead(self, items: list[Wanted]) -> None:
+        """On a private Ray (this machine is the node), start downloading the run's first
+        checkpoints now, in this process, while Ray and the workers start; the node's queue
+        takes over when the units start (a download under way finishes: the hub client's file
+        lock makes the node's queue wait for it rather than fetch it again). Not with a disk
+        budget: the node's queue alone counts what it holds."""
+        if not (self.cluster.private and items) or self.resources.disk_budget_gib is not None:
+            return
+        self._early = DownloadQueue(None)
+        self._early.add(items)
 
     def __enter__(self) -> RayExecutor:
         self.warm_up()
@@ -380,6 +395,8 @@ class RayExecutor:
         import ray
 
         queue = deque(tasks)
+        if self._early is not None:
+            self._early.stop()
         alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
         if len(alive) == 1:
             # One machine: the first units' checkpoints start downloading now, in the order
@@ -473,4 +490,14 @@ class RayExecutor:
             # MLflow writes, ~0.1-0.2 s a unit): the worker computes while the driver writes,
             # instead of idling through every persist.
             submit(index)
+            early = self._early.downloads.get(key(task)) if self._early else None
+            if isinstance(outcome, UnitResult) and early and early.finished_at:
+                # The driver downloaded it (the node's queue then found it, or waited for the
+                # end of it): the download's span is from the driver's start.
+                outcome.prefetch_started_at = min(
+                    early.started_at, outcome.prefetch_started_at or early.started_at
+                )
+                outcome.prefetch_finished_at = max(
+                    early.finished_at, outcome.prefetch_finished_at or early.finished_at
+                )
             yield task, outcome

@@ -88,6 +88,7 @@ class DownloadQueue:
         self.budget = budget_gib * 2**30 if budget_gib else None
         self.downloads: dict[tuple[str, str], Download] = {}  # in the order they were queued
         self.changed = threading.Condition()
+        self.stopped = False
         threading.Thread(target=self._download_in_order, name="downloads", daemon=True).start()
 
     def add(self, wanted: list[Wanted]) -> None:
@@ -119,6 +120,12 @@ class DownloadQueue:
         download.finished.wait()
         return download
 
+    def stop(self) -> None:
+        """Start no new download (the one under way finishes): another queue takes over."""
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
+
     def drop(self, repo: str, commit: str) -> None:
         """Forget a queued download not yet started (its unit went to another node)."""
         with self.changed:
@@ -142,7 +149,7 @@ class DownloadQueue:
         """The next download to start: urgent ones first, then the driver's order; one that
         does not fit the budget waits for an eviction (an urgent one never waits)."""
         waiting = [d for d in self.downloads.values() if d.started_at is None]
-        if not waiting:
+        if not waiting or self.stopped:
             return None
         head = min(waiting, key=lambda d: (not d.urgent, d.wanted.order))
         if self.budget is None or head.urgent:
@@ -155,6 +162,8 @@ class DownloadQueue:
             with self.changed:
                 download = self._next()
                 while download is None:
+                    if self.stopped:
+                        return
                     self.changed.wait()
                     download = self._next()
                 download.started_at = time.time()

@@ -33,6 +33,7 @@ from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage, Value
 from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, Unit, build_plan
+from ckptlab.orchestrator.prefetch import wanted
 from ckptlab.orchestrator.sketches import (
     cached_sketches,
     save_sketch,
@@ -479,6 +480,10 @@ def run_plan(
     if not plan.todo:
         return summary
     units = {u.checkpoint: u for u in plan.units}
+    # The first checkpoints start downloading now, where this machine is the node, while
+    # Ray and the workers start.
+    ahead = [wanted(_task(u, plan, hub_dir, {})) for u in plan.todo if _runs(u)]
+    executor.download_ahead([item for item in ahead if item is not None])
     with executor:
         # Resource errors surface before anything is written.
         executor.prepare(
