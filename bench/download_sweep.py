@@ -57,6 +57,7 @@ def make_checkpoints(folder: Path, count: int) -> dict[str, Path]:
     """``count`` revisions of a Pythia-14m-shaped GPT-NeoX (random weights, float16)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from ckptlab.home import hub_cache_dir
 
@@ -66,6 +67,7 @@ def make_checkpoints(folder: Path, count: int) -> dict[str, Path]:
         vocab_size=50304, max_position_embeddings=2048, rotary_pct=0.25,
         tie_word_embeddings=False, torch_dtype="float16",
     )  # fmt: skip
+    hf_logging.disable_progress_bar()
     revisions = {}
     for i in range(count):
         torch.manual_seed(i)

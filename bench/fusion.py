@@ -500,8 +500,9 @@ def run(smoke: bool = False, rounds: int = 2) -> str:
     )
     one_each = a_loads == "1" and a_passes == "1"
     verdict = (
-        f"Naive wall ÷ ckptlab wall = {ratio:.2f}× (goal ≥ 5×: "
-        f"{'holds' if ratio >= 5 else 'missed'}), with {a_loads} load and {a_passes} forward "
+        f"Naive wall ÷ ckptlab wall = {ratio:.2f}× (issue 23's goal ≥ 1.5×: "
+        f"{'holds' if ratio >= 1.5 else 'missed'}; issue 12 asked ≥ 5×), with {a_loads} load "
+        f"and {a_passes} forward "
         f"pass per input set per checkpoint (goal 1 and 1: {'holds' if one_each else 'missed'}); "
         f"the loop itself is at most {b_wall / ideal:.1f}× slower than one load and one pass "
         "per checkpoint would make it."
