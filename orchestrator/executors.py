@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Protocol
 
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.cluster import Boot, choose_cluster, describe
@@ -21,6 +22,49 @@ from ckptlab.spec import Resources
 Outcome = tuple[UnitTask, UnitResult | Exception]
 OnStart = Callable[[UnitTask], None]
 References = dict[str, ReferenceSketch]
+
+
+class Executor(Protocol):
+    """Where units run. The runner owns the lifecycle and calls, in this order: ``warm_up``
+    (maybe, while it plans), ``download_ahead``, ``with executor:``, ``prepare``,
+    ``start_workers``, ``run`` (once per wave), and ``close`` (always, also when nothing ran)."""
+
+    description: str  # one line: where units run
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def warm_up(self) -> None:
+        """Start what takes seconds to start (a Ray), in the background."""
+
+    def download_ahead(self, items: list[Wanted]) -> None:
+        """Start downloading the run's first checkpoints where that is this machine."""
+
+    def prepare(
+        self,
+        tasks_per_model: dict[str, int] | None = None,
+        demand: Callable[[], dict[str, int]] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        """Size the workers; raises ResourceError (one line) when they cannot exist."""
+
+    def start_workers(self, model: str | None = None) -> None:
+        """Start the workers of ``model``'s units, without waiting for them."""
+
+    def pool_summary(self) -> str: ...
+
+    def run(
+        self,
+        tasks: list[UnitTask],
+        on_start: OnStart = ...,
+        references: References | None = None,
+    ) -> Iterator[Outcome]:
+        """Run the units; yield (task, its result or the exception that lost it) as each
+        finishes."""
+
+    def close(self) -> None:
+        """Release what ``warm_up`` or ``__enter__`` started; a no-op the second time."""
 
 
 class InlineExecutor:

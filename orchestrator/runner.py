@@ -31,6 +31,7 @@ from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import code_version
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage, Value
+from ckptlab.orchestrator.executors import Executor
 from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, Unit, build_plan
 from ckptlab.orchestrator.prefetch import wanted
@@ -456,7 +457,7 @@ def run_plan(
     db_path: Path,
     tracking_uri: str,
     hub_dir: Path,
-    executor,
+    executor: Executor,
     console: Console | None = None,
     sketch_dir: Path | None = None,
     report_to_mlflow: bool = False,
@@ -509,9 +510,9 @@ def run_plan(
         later = [u for u in plan.todo if _runs(u) and u.checkpoint not in requests]
         copies = [u for u in plan.todo if u.duplicate_of is not None and u.error is None]
         # The workers boot (processes, imports: seconds) while the driver sets up the results
-        # DB and MLflow below, instead of after it (an executor without the hook: after).
+        # DB and MLflow below, instead of after it.
         opening = first[0].checkpoint if first else later[0].checkpoint if later else None
-        if opening is not None and hasattr(executor, "start_workers"):
+        if opening is not None:
             executor.start_workers(opening.model)
 
         def pending(why: str) -> None:
