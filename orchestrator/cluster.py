@@ -11,6 +11,7 @@ A Ray already initialised in this process (a notebook, the test session) is used
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tenacity
@@ -201,8 +203,15 @@ class Boot:
     gave up a minute later). Ray sets its SIGTERM handler only from the main thread; this
     sets the same one (exit, so that the shutdown handlers run) when no other is set."""
 
-    def __init__(self, choice: ClusterChoice, env_vars: dict[str, str]):
-        self.choice, self.env_vars = choice, env_vars
+    def __init__(
+        self,
+        choice: ClusterChoice,
+        env_vars: dict[str, str],
+        then: Callable[[], None] | None = None,
+    ):
+        """``then``: run on the thread once Ray is up (its errors are ignored: whatever it
+        started early is started again where it is needed)."""
+        self.choice, self.env_vars, self.then = choice, env_vars, then
         self.started = False
         self.error: BaseException | None = None
         self._done = threading.Event()
@@ -221,6 +230,9 @@ class Boot:
     def _main(self) -> None:
         try:
             self.started = connect(self.choice, self.env_vars)
+            if self.then is not None:
+                with contextlib.suppress(Exception):
+                    self.then()
         except BaseException as err:  # handed to the waiting thread
             self.error = err
         finally:

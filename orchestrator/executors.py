@@ -162,7 +162,20 @@ class RayExecutor:
         env |= {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         if self.cluster.private:  # its processes must not outlive this one, however it ends
             start_reaper()
-        self._boot = Boot(self.cluster, env)
+        self._boot = Boot(self.cluster, env, then=self._start_workers_early)
+
+    def _start_workers_early(self) -> None:
+        """On the boot thread, once Ray is up: start the workers now when no model can change
+        their shape (no GPU share to size to a model), so that their processes and imports
+        (seconds) overlap the rest of planning; ``prepare`` then trims them to the units."""
+        r = self.resources
+        if r.gpus_per_worker == "auto" and any(n.get("GPU", 0) for n in self._nodes()):
+            return
+        shape = worker_shape(0, r.cpus_per_worker, r.gpus_per_worker, None, 0)
+        slots = self._slots(shape)
+        if slots:
+            self.pool_sizes = {shape: min(r.workers or slots, slots)}
+            self._pool(shape)
 
     def download_ahead(self, items: list[Wanted]) -> None:
         """On a private Ray (this machine is the node), start downloading the run's first
@@ -374,6 +387,8 @@ class RayExecutor:
             self._downloads_on(nodes[0])
         r = self.resources
         pool = self.pools.setdefault(shape, [])
+        while len(pool) > self.pool_sizes.get(shape, 1):  # started early, more than needed
+            ray.kill(pool.pop())
         while len(pool) < self.pool_sizes.get(shape, 1):
             pool.append(
                 CheckpointWorker.options(
