@@ -268,7 +268,9 @@ class Resources(Strict):
     # Bytes of checkpoints a node's download queue may hold (downloaded ahead + finished,
     # evictable) in ckptlab's own hub cache; None: no limit, nothing evicted.
     disk_budget_gib: PositiveFloat | None = None
-    prefetch: bool = True  # download each worker's next checkpoint while it computes
+    # Download checkpoints ahead of their units (each worker's next one; on one machine the
+    # driver's first ones while Ray starts); false: each when its unit starts.
+    prefetch: bool = True
     # Memory one worker may use: on a GPU, that much of the GPU (PyTorch's per-process
     # fraction); on CPUs, that much heap growth (RLIMIT_DATA). A pass that runs out is
     # retried with half the batch, down to one sequence, then its cells fail.

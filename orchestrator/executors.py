@@ -117,6 +117,7 @@ class InlineExecutor:
 
 
 ACTOR_START_S = 300.0  # how long a worker may take to start (imports, a GPU context)
+EARLY_DOWNLOADS = 2  # per worker: what the driver downloads before the units start
 
 
 class ResourceError(RuntimeError):
@@ -183,10 +184,13 @@ class RayExecutor:
         takes over when the units start (a download under way finishes: the hub client's file
         lock makes the node's queue wait for it rather than fetch it again). Not with a disk
         budget: the node's queue alone counts what it holds."""
-        if not (self.cluster.private and items) or self.resources.disk_budget_gib is not None:
+        r = self.resources
+        if not (self.cluster.private and items and r.prefetch) or r.disk_budget_gib is not None:
             return
-        self._early = DownloadQueue(None)
-        self._early.add(items)
+        # Its downloads are files fetched one by one on its own daemon thread: a Ctrl-C (or
+        # an error) before the units start never waits for a download to end.
+        self._early = DownloadQueue(None, per_file=True)
+        self._early.add(items[: EARLY_DOWNLOADS * max(1, r.workers or os.cpu_count() or 1)])
 
     def __enter__(self) -> RayExecutor:
         self.warm_up()
@@ -202,16 +206,20 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         import ray
 
-        for shape in list(self.pools):
-            self._stop_pool(shape)
-        for queue in self.downloads.values():
-            ray.kill(queue)
-        self.downloads = {}
-        self.close()
+        try:
+            for shape in list(self.pools):
+                self._stop_pool(shape)
+            for queue in self.downloads.values():
+                ray.kill(queue)
+            self.downloads = {}
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """Shut down the Ray this executor started, a warm-up's included (a plan that then
-        had nothing to run); a no-op the second time."""
+        """Stop the driver's downloads and shut down the Ray this executor started, a
+        warm-up's included (a plan that then had nothing to run); a no-op the second time."""
+        if self._early is not None:
+            self._early.stop()
         boot, self._boot = self._boot, None
         if boot is None:
             return
@@ -343,7 +351,7 @@ class RayExecutor:
         nodes = self._nodes()
         largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         models = [m for m, s in self.shapes.items() if s == shape]
-        if models and shape.gpus > 1:
+        if models and shape.gpus > 1 and demand.get(models[0]):  # sized to the model
             gib = demand[models[0]] / 2**30
             per = f"{gpu_bytes / 2**30:.0f} GiB GPUs" if gpu_bytes else "GPUs"
             raise ResourceError(
@@ -460,7 +468,8 @@ class RayExecutor:
         if len(alive) == 1:
             # One machine: the first units' checkpoints start downloading now, in the order
             # the units will be taken, while the workers start (seconds of imports).
-            ahead = [wanted(t, order=next(self._orders)) for t in tasks[: 2 * len(pool)]]
+            per_actor = 2 if self.resources.prefetch else 1  # its first unit, and its next
+            ahead = [wanted(t, order=next(self._orders)) for t in tasks[: per_actor * len(pool)]]
             if any(ahead):
                 self._downloads_on(alive[0]).add.remote([item for item in ahead if item])
         # Where each checkpoint already is: a node's actor takes the units its cache holds.
@@ -550,7 +559,7 @@ class RayExecutor:
             # instead of idling through every persist.
             submit(index)
             early = self._early.downloads.get(key(task)) if self._early else None
-            if isinstance(outcome, UnitResult) and early and early.finished_at:
+            if isinstance(outcome, UnitResult) and early and early.finished_at and not early.error:
                 # The driver downloaded it (the node's queue then found it, or waited for the
                 # end of it): the download's span is from the driver's start.
                 outcome.prefetch_started_at = min(

@@ -84,8 +84,12 @@ class Download:
 
 
 class DownloadQueue:
-    def __init__(self, budget_gib: float | None):
+    def __init__(self, budget_gib: float | None, per_file: bool = False):
+        """``per_file``: fetch a checkpoint's weight files one by one on the queue's own
+        (daemon) thread, not through the hub client's pool of threads, which the process'
+        exit would wait for (the driver's queue: a Ctrl-C must not wait for a download)."""
         self.budget = budget_gib * 2**30 if budget_gib else None
+        self.per_file = per_file
         self.downloads: dict[tuple[str, str], Download] = {}  # in the order they were queued
         self.changed = threading.Condition()
         self.stopped = False
@@ -96,16 +100,22 @@ class DownloadQueue:
         node's units will read them: calls may arrive out of order). One a worker waits for
         (``now``) goes before everything not yet started."""
         for item in wanted:
-            if hub_offline() or snapshot_complete(item.repo, item.commit, hub_cache_dir()):
-                continue
-            size = self._size(item.repo, item.commit) if self.budget is not None else 0
             with self.changed:
                 download = self.downloads.get(item.key)
-                if download is None:
-                    download = Download(item, bytes=size)
-                    self.downloads[item.key] = download
-                if item.now:
-                    download.urgent = True
+                if download is not None:  # queued already: it may become urgent, or earlier
+                    download.urgent = download.urgent or item.now
+                    if item.order < download.wanted.order:
+                        download.wanted = replace(download.wanted, order=item.order)
+                    self.changed.notify_all()
+                    continue
+            if hub_offline() or snapshot_complete(item.repo, item.commit, hub_cache_dir()):
+                continue
+            if self.per_file and not item.weight_files:
+                continue  # the weight files are unknown: the node's queue fetches it
+            size = self._size(item.repo, item.commit) if self.budget is not None else 0
+            with self.changed:
+                download = self.downloads.setdefault(item.key, Download(item, bytes=size))
+                download.urgent = download.urgent or item.now
                 self.changed.notify_all()
 
     def ready(self, wanted: Wanted) -> Download | None:
@@ -127,11 +137,14 @@ class DownloadQueue:
             self.changed.notify_all()
 
     def drop(self, repo: str, commit: str) -> None:
-        """Forget a queued download not yet started (its unit went to another node)."""
+        """Its unit went to another node: forget the download if it has not started, else
+        let it be evicted once it has ended (no unit here will read it)."""
         with self.changed:
             download = self.downloads.get((repo, commit))
             if download is not None and download.started_at is None:
                 del self.downloads[(repo, commit)]
+            elif download is not None:
+                download.done = True
 
     def finished(self, repo: str, commit: str) -> None:
         """A unit that read this checkpoint is done with it: over the budget, the oldest
@@ -157,6 +170,14 @@ class DownloadQueue:
         self._evict(keep={head.wanted.key})
         return head if self._held() + head.bytes <= self.budget else None
 
+    def _evict(self, keep: set) -> list[str]:
+        """``_delete`` that never stops the queue: a cache that cannot be scanned or deleted
+        from now (a file gone meanwhile, a permission) keeps its files this time."""
+        try:
+            return self._delete(keep)
+        except Exception:
+            return []
+
     def _download_in_order(self) -> None:
         while True:
             with self.changed:
@@ -169,9 +190,12 @@ class DownloadQueue:
                 download.started_at = time.time()
             item = download.wanted
             try:
-                fetch_snapshot(item.repo, item.revision, hub_cache_dir(), local_only=False,
-                               allow_pickle=item.allow_pickle,
-                               weight_files=item.weight_files)  # fmt: skip
+                if self.per_file:
+                    _fetch_files(item)
+                else:
+                    fetch_snapshot(item.repo, item.revision, hub_cache_dir(), local_only=False,
+                                   allow_pickle=item.allow_pickle,
+                                   weight_files=item.weight_files)  # fmt: skip
             except CheckpointError as err:
                 download.error = err.reason
             except Exception as err:  # never let the queue's thread die
@@ -186,7 +210,7 @@ class DownloadQueue:
     def _held(self) -> int:
         return sum(d.bytes for d in self.downloads.values() if d.started_at is not None)
 
-    def _evict(self, keep: set) -> list[str]:
+    def _delete(self, keep: set) -> list[str]:
         """Delete finished downloads whose units are done, oldest first, while over budget."""
         if self.budget is None or not managed_cache():
             return []
@@ -213,3 +237,11 @@ class DownloadQueue:
         except Exception:
             return 0
         return sum(s.size or 0 for s in info.siblings or [])
+
+
+def _fetch_files(item: Wanted) -> None:
+    """A checkpoint's weight files, one by one on this thread."""
+    from huggingface_hub import hf_hub_download
+
+    for name in item.weight_files or ():
+        hf_hub_download(item.repo, name, revision=item.commit, cache_dir=hub_cache_dir())

@@ -95,3 +95,56 @@ def test_a_dropped_download_is_never_fetched(fetches):
     wait_for(record, 1)
     time.sleep(0.3)
     assert [name for name, _, _ in record] == ["a"]
+
+
+def test_a_queued_download_a_worker_now_waits_for_goes_first(fetches, monkeypatch):
+    record, gate = fetches
+    queue = DownloadQueue(None)
+    queue.add([item("z", 0)])
+    while queue.downloads[("org/model", "sha-z")].started_at is None:
+        time.sleep(0.01)
+    queue.add([item("a", 1), item("b", 2)])
+    # The cache now says b is complete (another process fetched it): b is queued here all
+    # the same, and the worker that waits for it must not wait behind a.
+    monkeypatch.setattr(prefetch, "snapshot_complete", lambda *args: True)
+    waiter = threading.Thread(target=queue.ready, args=(item("b", 2),))
+    waiter.start()
+    while not queue.downloads[("org/model", "sha-b")].urgent:
+        time.sleep(0.01)
+    gate.set()
+    waiter.join(5)
+    assert [name for name, _, _ in record][:2] == ["z", "b"]
+
+
+def test_a_dropped_download_under_way_may_be_evicted_once_it_ends(fetches):
+    _, gate = fetches
+    queue = DownloadQueue(None)
+    queue.add([item("a", 1)])
+    while queue.downloads[("org/model", "sha-a")].started_at is None:
+        time.sleep(0.01)
+    queue.drop("org/model", "sha-a")  # its unit went to another node
+    assert queue.downloads[("org/model", "sha-a")].done
+    gate.set()
+
+
+def test_a_cache_that_cannot_be_evicted_from_never_stops_the_queue(fetches, monkeypatch):
+    record, gate = fetches
+
+    def broken(self, keep):
+        raise OSError("a file vanished during the scan")
+
+    monkeypatch.setattr(DownloadQueue, "_delete", broken)
+    queue = DownloadQueue(150 / 2**30)
+    gate.set()
+    queue.ready(item("a", 1))
+    queue.finished("org/model", "sha-a")  # eviction fails: the queue goes on
+    queue.ready(item("b", 2))
+    assert [name for name, _, _ in record] == ["a", "b"]
+
+
+def test_the_drivers_queue_skips_a_checkpoint_whose_files_it_does_not_know(fetches):
+    _, gate = fetches
+    queue = DownloadQueue(None, per_file=True)
+    queue.add([item("a", 1)])  # no weight_files: the node's queue will fetch it
+    assert queue.downloads == {}
+    gate.set()
