@@ -515,8 +515,9 @@ class RayExecutor:
             for other in list(reserved):
                 if other != index:
                     task = reserved.pop(other)
-                    if nodes[other] != nodes[index] and (queue := self._downloads_on(nodes[other])):
-                        queue.drop.remote(*key(task))  # its own node fetches it now
+                    downloads = self._downloads_on(nodes[other])
+                    if nodes[other] != nodes[index] and downloads is not None:
+                        downloads.drop.remote(*key(task))  # its own node fetches it now
                     return task
             return None
 
@@ -528,17 +529,17 @@ class RayExecutor:
             if upcoming is not None:
                 reserved[index] = upcoming
             on_start(task)
-            queue = self._downloads_on(nodes[index])
-            if queue is not None:  # this unit's checkpoint first (the actor waits), then its next
+            downloads = self._downloads_on(nodes[index])
+            if downloads is not None:  # this unit's checkpoint first (the actor waits), then next
                 items = [wanted(task, now=True, order=next(self._orders))]
                 if upcoming is not None:
                     items.append(wanted(upcoming, order=next(self._orders)))
                 if any(items):
-                    queue.add.remote([item for item in items if item])
+                    downloads.add.remote([item for item in items if item])
             needed = {c.reference_key for c in task.cells if c.reference_key in stored}
             # The driver's hub path may not exist on a cluster's nodes: each finds its own.
             remote = replace(task, hub_dir=None)
-            ref = pool[index].run.remote(remote, {k: stored[k] for k in needed}, queue)
+            ref = pool[index].run.remote(remote, {k: stored[k] for k in needed}, downloads)
             in_flight[ref] = (index, task)
 
         # Every actor's first unit before any actor's next one: the order they will run in,
@@ -560,12 +561,8 @@ class RayExecutor:
             submit(index)
             early = self._early.downloads.get(key(task)) if self._early else None
             if isinstance(outcome, UnitResult) and early and early.finished_at and not early.error:
-                # The driver downloaded it (the node's queue then found it, or waited for the
-                # end of it): the download's span is from the driver's start.
-                outcome.prefetch_started_at = min(
-                    early.started_at, outcome.prefetch_started_at or early.started_at
-                )
-                outcome.prefetch_finished_at = max(
-                    early.finished_at, outcome.prefetch_finished_at or early.finished_at
-                )
+                # The driver downloaded it: the node's queue then found it, or only waited on
+                # the hub client's file lock for the end of it. The download is the driver's.
+                outcome.prefetch_started_at = early.started_at
+                outcome.prefetch_finished_at = early.finished_at
             yield task, outcome

@@ -104,7 +104,7 @@ class DownloadQueue:
                 download = self.downloads.get(item.key)
                 if download is not None:  # queued already: it may become urgent, or earlier
                     download.urgent = download.urgent or item.now
-                    if item.order < download.wanted.order:
+                    if 0 < item.order < download.wanted.order:  # 0: a worker's, no order
                         download.wanted = replace(download.wanted, order=item.order)
                     self.changed.notify_all()
                     continue

@@ -81,9 +81,10 @@ def test_the_next_checkpoint_downloads_while_this_one_computes(hub, tmp_path):
         assert unit["p_start"] >= previous["p_end"] - 0.01, (previous, unit)
         # Its download began before the previous unit finished...
         assert unit["p_start"] < previous["finished"], unit
-        # ...so the unit itself waited less than the download took.
-        download = unit["p_end"] - unit["p_start"]
-        assert download > 1.0 and unit["fetch_seconds"] < download, unit
+        # ...and the unit waited for nothing but the rest of it (a link slower than compute
+        # makes a unit wait for some of its download; never for more).
+        assert unit["p_end"] - unit["p_start"] > 1.0, unit
+        assert unit["fetch_seconds"] <= max(0.0, unit["p_end"] - unit["started"]) + 0.3, unit
 
 
 def test_two_workers_share_one_link_one_download_at_a_time(hub, tmp_path):
