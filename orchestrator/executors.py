@@ -390,9 +390,9 @@ class RayExecutor:
 
         for other in [s for s in self.pools if s != shape]:
             self._stop_pool(other)
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) == 1:  # one machine: its download queue starts with the workers
-            self._downloads_on(nodes[0])
+        only = self._only_node()
+        if only is not None:  # one machine: its download queue starts with the workers
+            self._downloads_on(only)
         r = self.resources
         pool = self.pools.setdefault(shape, [])
         while len(pool) > self.pool_sizes.get(shape, 1):  # started early, more than needed
@@ -411,6 +411,14 @@ class RayExecutor:
                 )
             )
         return pool
+
+    @staticmethod
+    def _only_node() -> str | None:
+        """The cluster's node id when it has exactly one (one machine), else None."""
+        import ray
+
+        alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        return alive[0] if len(alive) == 1 else None
 
     def _downloads_on(self, node: str | None):
         """The node's download queue (``NodeDownloads``), started once per node and kept
@@ -464,14 +472,14 @@ class RayExecutor:
         queue = deque(tasks)
         if self._early is not None:
             self._early.stop()
-        alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-        if len(alive) == 1:
+        only = self._only_node()
+        if only is not None:
             # One machine: the first units' checkpoints start downloading now, in the order
             # the units will be taken, while the workers start (seconds of imports).
             per_actor = 2 if self.resources.prefetch else 1  # its first unit, and its next
             ahead = [wanted(t, order=next(self._orders)) for t in tasks[: per_actor * len(pool)]]
             if any(ahead):
-                self._downloads_on(alive[0]).add.remote([item for item in ahead if item])
+                self._downloads_on(only).add.remote([item for item in ahead if item])
         # Where each checkpoint already is: a node's actor takes the units its cache holds.
         # This first call also tells which actors came up: one Ray cannot place is dropped.
         keys = [(t.checkpoint.model, t.commit) for t in tasks if t.checkpoint.source == "hub"]
