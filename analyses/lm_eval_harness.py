@@ -51,8 +51,9 @@ class LmEvalParams(BaseModel):
     @field_validator("task_files")
     @classmethod
     def _yaml_files(cls, files: list[Path]) -> list[Path]:
+        # Whether each exists is the spec's check: a relative one lies next to the spec.
         for file in files:
-            if not file.is_file() or file.suffix not in (".yaml", ".yml"):
+            if file.suffix not in (".yaml", ".yml"):
                 raise ValueError(f"task_files: {file} is not a YAML file")
         return files
 
@@ -211,12 +212,7 @@ def data_files(params: LmEvalParams) -> list[Path]:
     found = []
     for file in params.task_files:
         config = _read_task_yaml(file, resolve_func=False)
-        for path in (_data_files(config, file.parent) or {}).values():
-            absolute = Path(path)
-            try:  # as the spec would name it: relative to the run's directory when inside it
-                found.append(absolute.relative_to(Path.cwd()))
-            except ValueError:
-                found.append(absolute)
+        found += [Path(path) for path in (_data_files(config, file.parent) or {}).values()]
     return found
 
 

@@ -2,8 +2,9 @@
 
 Three ways in:
 
-- a spec's ``plugins:`` names a ``.py`` file (relative to the directory the run starts in,
-  like every file a spec names) or an importable module (``my_package.metrics``);
+- a spec's ``plugins:`` names a ``.py`` file (relative to the spec file's folder, like every
+  file a spec names) or an importable module (``my_package.metrics``, also found in that
+  folder when it is installed nowhere);
 - an installed package declares entry points in the group ``ckptlab.analyses``
   (``[project.entry-points."ckptlab.analyses"] mine = "my_package.metrics"``): they load
   with the registry, everywhere ckptlab runs.
@@ -91,8 +92,8 @@ def resolve(entry: str, base: Path) -> PluginCode:
         and str(base.resolve()) not in sys.path
         and importlib.util.find_spec(top_name) is None
     ):
-        # A package in the folder the run starts in, installed nowhere: found there, as a
-        # file plug-in would be (a console script's path does not hold the cwd).
+        # A package in the spec's folder, installed nowhere: found there, as a file plug-in
+        # would be (a console script's path does not hold the cwd).
         sys.path.insert(0, str(base.resolve()))
     try:
         spec = importlib.util.find_spec(entry)

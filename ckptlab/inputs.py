@@ -46,7 +46,8 @@ def token_ids_id(token_ids: np.ndarray) -> str:
     return digest.hexdigest()[:32]
 
 
-def source_texts(input_set: InputSet) -> tuple[str, list[str]]:
+def source_texts(input_set: InputSet, spec_folder: Path = Path(".")) -> tuple[str, list[str]]:
+    """(where the text comes from, its documents); a relative ``file`` lies in ``spec_folder``."""
     if input_set.builtin is not None:
         return f"builtin:{input_set.builtin}/{input_set.split}", documents(
             input_set.builtin, input_set.split
@@ -56,9 +57,9 @@ def source_texts(input_set: InputSet) -> tuple[str, list[str]]:
             return hub_documents(input_set.hub, hub_cache_dir())
         except HubCorpusError as err:
             raise InputSetError(f"input_sets.{input_set.name}.hub: {err}") from None
-    path = Path(input_set.file)
+    path = spec_folder / input_set.file
     try:
-        return f"file:{path}", [path.read_text(encoding="utf-8")]
+        return f"file:{input_set.file}", [path.read_text(encoding="utf-8")]
     except UnicodeDecodeError as err:
         raise InputSetError(
             f"input_sets.{input_set.name}.file: {path} is not UTF-8 text (byte "
@@ -194,6 +195,7 @@ def materialize_all(
     folder: Path,
     tokenizer_of: str,
     cache_dir: Path,
+    spec_folder: Path = Path("."),
     trust_remote_code: bool = False,
     before_tokenizing: Callable[[], None] | None = None,
 ) -> dict[str, MaterializedInputSet]:
@@ -201,14 +203,15 @@ def materialize_all(
     ``cache_dir`` under ``windows_key``: planning the same spec again (`ckptlab plan`, a rerun)
     loads no tokenizer, and so imports neither transformers (1 s) nor the torch it brings
     (2 s). A tokenizer of remote code is never cached: its code may live in another repo.
-    ``before_tokenizing`` is called when a tokenizer is about to load (seconds of work)."""
+    ``before_tokenizing`` is called when a tokenizer is about to load (seconds of work).
+    A relative ``file`` input set lies in ``spec_folder``."""
     from ckptlab.hub import load_tokenizer
 
     identity = None if trust_remote_code else tokenizer_identity(folder)
     tokenizer = None
     materialized = {}
     for input_set in input_sets:
-        source, texts = source_texts(input_set)
+        source, texts = source_texts(input_set, spec_folder)
         path = None
         if identity is not None:
             path = cache_dir / f"{windows_key(input_set, texts, identity)}.npy"

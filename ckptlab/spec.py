@@ -11,6 +11,7 @@ import re
 import reprlib
 import stat
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -25,6 +26,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     Tag,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -302,16 +304,61 @@ class Spec(Strict):
     description: str = ""
     models: Annotated[list[ModelSource], Field(min_length=1)]
     input_sets: list[InputSet] = []
-    # Analyses from outside ckptlab: .py files (relative to where the run starts) or modules.
+    # Analyses from outside ckptlab: .py files (relative to the spec's folder) or modules.
     plugins: list[Annotated[str, Field(min_length=1)]] = []
     analyses: Annotated[list[AnalysisSpec], Field(min_length=1)]
     resources: Resources = Resources()
     storage: Storage = Storage()
     loading: Loading = Loading()
+    # The spec file's folder: the spec's relative paths (plug-in files, `file:` input sets,
+    # task files, local models, storage.db) resolve against it, as in compose and kustomize.
+    # Not a field: the same text has the same hash and the same cells wherever it lies.
+    _folder: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path the spec names, as this process opens it."""
+        path = Path(path)
+        return path if path.is_absolute() else self._folder / path
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def paths_in(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, Path]]:
+    """(location, path) of every Path value inside a validated params model."""
+    if isinstance(value, Path):
+        yield where, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from paths_in(getattr(value, name), (*where, name))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from paths_in(item, (*where, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from paths_in(item, (*where, key))
+
+
+def resolved_paths(value: Any, spec: Spec) -> Any:
+    """A validated params model (or any value in it) with every relative Path resolved
+    against the spec's folder: what an analysis opens. Its cell key keeps the path as
+    written, so a spec folder moved elsewhere finds its results."""
+    if isinstance(value, Path):
+        return spec.resolve(value)
+    if isinstance(value, BaseModel):
+        return value.model_copy(
+            update={name: resolved_paths(getattr(value, name), spec) for name in type(value).model_fields}
+        )
+    if isinstance(value, list | tuple):
+        return type(value)(resolved_paths(item, spec) for item in value)
+    if isinstance(value, dict):
+        return {key: resolved_paths(item, spec) for key, item in value.items()}
+    return value
 
 
 # ------------------------------------------------------------------------ semantic checks
@@ -603,20 +650,20 @@ def _check_semantics(spec: Spec) -> None:
                 step_from_revision(revision, source.step_pattern, f"{where}.revisions[{j}]")
             _listed_once(listed, source.repo, where, f"{where}.repo")
         else:
-            if not source.path.is_dir():
-                raise SpecError(f"{where}.path", f"no such directory: {source.path}")
+            if not spec.resolve(source.path).is_dir():
+                raise SpecError(f"{where}.path", _missing("directory", source.path, spec))
 
     names = [s.name for s in spec.input_sets]
     for i, input_set in enumerate(spec.input_sets):
         if names.index(input_set.name) != i:
             raise SpecError(f"input_sets[{i}].name", f"duplicate input set {input_set.name!r}")
-        if input_set.file is not None and not input_set.file.is_file():
-            raise SpecError(f"input_sets[{i}].file", f"no such file: {input_set.file}")
+        if input_set.file is not None and not spec.resolve(input_set.file).is_file():
+            raise SpecError(f"input_sets[{i}].file", _missing("file", input_set.file, spec))
 
     from ckptlab.analyses.plugins import PluginError, load_all
 
     try:
-        load_all(spec.plugins, Path.cwd())
+        load_all(spec.plugins, spec.folder)
         known = registered_analyses()
     except PluginError as err:
         where, _, message = str(err).partition(": ")
@@ -639,6 +686,10 @@ def _check_semantics(spec: Spec) -> None:
             inner = _first_error(err, entry.params)
             joint = "." if inner.path[:1] not in ("", "[") else ""
             raise SpecError(f"{where}.params{joint}{inner.path}", inner.message) from None
+        for location, path in paths_in(params):
+            if not spec.resolve(path).exists():
+                inner = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in location)
+                raise SpecError(f"{where}.params{inner}", _missing("file", path, spec))
         configuration = json.dumps([entry.name, params.model_dump(mode="json")], sort_keys=True)
         if configuration in configurations:
             first = configurations[configuration]
@@ -651,10 +702,18 @@ def _check_semantics(spec: Spec) -> None:
             raise SpecError(where, f"{entry.name} runs the model on inputs: add an input set")
 
 
+def _missing(kind: str, path: Path, spec: Spec) -> str:
+    """'no such file: x', saying where a relative x was looked for when that is not here."""
+    where = "" if path.is_absolute() or spec.folder == Path(".") else f" in {spec.folder}"
+    return f"no such {kind}: {path}{where}"
+
+
 _KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
-def parse_spec(data: Any) -> Spec:
+def parse_spec(data: Any, folder: Path | None = None) -> Spec:
+    """Validate a spec's data; its relative paths resolve against ``folder`` (the spec
+    file's folder; default: the current directory)."""
     if data is None:
         raise SpecError("", "the spec is empty: expected a mapping with name, models, analyses")
     if not isinstance(data, dict):
@@ -664,6 +723,8 @@ def parse_spec(data: Any) -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise _first_error(err, data) from None
+    if folder is not None:
+        spec._folder = folder
     try:
         _check_semantics(spec)
     except RecursionError:  # pydantic guards its own depth; json.dumps of params does not
@@ -754,8 +815,9 @@ def read_spec_file(path: str | Path) -> str:
         ) from None
 
 
-def parse_spec_text(text: str) -> Spec:
-    """Parse and fully validate a spec's YAML text. Raises SpecError (one line)."""
+def parse_spec_text(text: str, folder: Path | None = None) -> Spec:
+    """Parse and fully validate a spec's YAML text, read from a file in ``folder``. Raises
+    SpecError (one line)."""
     try:
         data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no Python tags
     except yaml.reader.ReaderError as err:  # a control character; it has a position only
@@ -773,9 +835,9 @@ def parse_spec_text(text: str) -> Spec:
         raise SpecError("", f"invalid YAML{where}: {problem}") from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         raise SpecError("", "invalid YAML: nested too deeply") from None
-    return parse_spec(data)
+    return parse_spec(data, folder)
 
 
 def load_spec(path: str | Path) -> Spec:
     """Read and fully validate a spec file. Raises SpecError (one line) on any problem."""
-    return parse_spec_text(read_spec_file(path))
+    return parse_spec_text(read_spec_file(path), Path(path).parent)

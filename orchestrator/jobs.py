@@ -43,7 +43,7 @@ import ckptlab
 from ckptlab.analyses.plugins import is_file_entry
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import SHIPPED_VERSION_FILE, code_version, shipped
-from ckptlab.spec import LocalModels, Spec
+from ckptlab.spec import LocalModels, Spec, paths_in, resolved_paths
 
 # Subpackages that an editable install maps from other folders (pyproject's package-dir).
 _MAPPED_SUBPACKAGES = ("analyses", "orchestrator")
@@ -60,39 +60,25 @@ class SubmitError(RuntimeError):
 # ----------------------------------------------------------------------- what is carried
 
 
-def _paths_in(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, Path]]:
-    """(location, path) of every Path value inside a validated params model."""
-    if isinstance(value, Path):
-        yield where, value
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _paths_in(getattr(value, name), (*where, name))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _paths_in(item, (*where, i))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _paths_in(item, (*where, key))
-
-
 def spec_files(spec: Spec) -> list[tuple[tuple, Path]]:
-    """Every local file a spec names, with its location in the spec: the input sets' text
-    files, plug-in files and any Path in an analysis' params (ICL task files)."""
+    """Every local file a spec names, with its location in the spec and its path as written
+    (relative ones lie in the spec's folder): the input sets' text files, plug-in files and
+    any Path in an analysis' params (ICL task files). Files named by those files (a task
+    YAML's data) come with their absolute paths."""
     found = [(("input_sets", i, "file"), s.file) for i, s in enumerate(spec.input_sets) if s.file]
     found += [(("plugins", i), Path(p)) for i, p in enumerate(spec.plugins) if is_file_entry(p)]
     for i, entry in enumerate(spec.analyses):
         definition = get_analysis(entry.name)
         params = definition.params_model.model_validate(entry.params)
-        found += [(("analyses", i, "params", *loc), p) for loc, p in _paths_in(params)]
+        found += [(("analyses", i, "params", *loc), p) for loc, p in paths_in(params)]
         if definition.files is not None:  # named inside those files, not by the spec
-            found += [
-                (("analyses", i, COMPANION, k), p) for k, p in enumerate(definition.files(params))
-            ]
+            companions = definition.files(resolved_paths(params, spec))
+            found += [(("analyses", i, COMPANION, k), p) for k, p in enumerate(companions)]
     return found
 
 
 # The location of a file named by another file (a task YAML's data), not by the spec: it is
-# carried to the same place relative to the run's directory, and the spec is left as it is.
+# carried to the same place relative to the spec's folder, and the spec is left as it is.
 COMPANION = "read by its files"
 
 
@@ -110,14 +96,15 @@ class StagedSpec:
     notes: list[str] = field(default_factory=list)  # what is not carried, and why
 
 
-def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> StagedSpec:
-    """Copy the spec and its local files into ``working_dir``. A file named by a path
-    relative to ``base`` (the directory the run would start in) keeps that path; others go
-    under _outside/ and the staged spec names the copy."""
+def stage_spec(spec_path: Path, spec: Spec, working_dir: Path) -> StagedSpec:
+    """Copy the spec and its local files into ``working_dir``, the spec at its root. A file
+    inside the spec's folder keeps its place relative to the spec; others go under
+    _outside/ and the staged spec names the copy."""
     data = yaml.safe_load(spec_path.read_text())
     staged = StagedSpec(working_dir, "spec.yaml")
+    base = spec.folder
     for n, (location, path) in enumerate(spec_files(spec)):
-        source = (base / path).resolve()
+        source = spec.resolve(path).resolve()
         try:
             relative = source.relative_to(base.resolve())
         except ValueError:
@@ -130,12 +117,12 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path, base: Path) -> St
                 continue
             relative = Path(_OUTSIDE) / str(n) / source.name
             staged.notes.append(f"{where}: {path} is outside {base}; carried as {relative}")
-        if Path(path) != relative:  # absolute, or outside: the staged spec names the copy
-            _set(data, location, str(relative))
+        if COMPANION not in location and Path(path) != relative:
+            _set(data, location, str(relative))  # absolute, or outside: the copy is named
         target = working_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-        staged.carried.append(str(path))
+        staged.carried.append(str(relative) if COMPANION in location else str(path))
     for entry in spec.plugins:
         if is_file_entry(entry):
             continue
@@ -267,12 +254,12 @@ def _entry_point_analyses(spec: Spec) -> dict[str, str]:
     return found
 
 
-def check_request(request: JobRequest, base: Path) -> None:
+def check_request(request: JobRequest) -> None:
     """What would fail on the cluster, refused here with one line before anything is sent:
     a file the spec names that is missing, a plug-in that cannot travel as files, a results
     path relative to the job's temporary working dir, credentials in the tracking URI."""
     for location, path in spec_files(request.spec):
-        if not (base / path).is_file():
+        if not request.spec.resolve(path).is_file():
             where = ".".join(str(k) for k in location)
             raise SubmitError(f"{where}: no such file: {path}")
     for entry in request.spec.plugins:
@@ -352,13 +339,13 @@ def entrypoint(request: JobRequest, spec_file: str) -> str:
 
 
 @contextmanager
-def staged(request: JobRequest, base: Path):
+def staged(request: JobRequest):
     """The runtime env and entrypoint of a request, in a temporary folder that lives as long
     as the submission needs it (Ray uploads the folders when the job is submitted)."""
     with tempfile.TemporaryDirectory(prefix="ckptlab-submit-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
-        spec = stage_spec(request.spec_path, request.spec, work, base)
+        spec = stage_spec(request.spec_path, request.spec, work)
         env: dict[str, Any] = {
             "working_dir": str(work),
             "env_vars": {"TOKENIZERS_PARALLELISM": "false", **request.env},
@@ -368,10 +355,9 @@ def staged(request: JobRequest, base: Path):
         yield env, entrypoint(request, spec.spec_file), spec
 
 
-def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitted:
-    """Stage and submit; ``base`` is where relative paths in the spec start (the cwd)."""
-    base = base or Path.cwd()
-    check_request(request, base)
+def submit(request: JobRequest, jobs=None) -> Submitted:
+    """Stage and submit (the spec's relative paths lie in its folder)."""
+    check_request(request)
     jobs = jobs or client(request.address)
     metadata = {
         "ckptlab_spec": request.spec.name,
@@ -387,7 +373,7 @@ def submit(request: JobRequest, jobs=None, base: Path | None = None) -> Submitte
         stop=tenacity.stop_after_delay(AGENT_WAIT_S),
         reraise=True,
     )
-    with staged(request, base) as (runtime_env, command, spec):
+    with staged(request) as (runtime_env, command, spec):
         try:
             retrying(
                 jobs.submit_job,

@@ -37,6 +37,7 @@ from ckptlab.spec import (
     Spec,
     SpecError,
     SuiteModels,
+    resolved_paths,
     select_checkpoints,
     step_from_revision,
 )
@@ -91,7 +92,8 @@ class Cell:
     input_set: str | None  # name in the spec; None for weight-only analyses
     input_set_id: str | None
     reference_key: str | None = None  # the ReferenceSketch a cross-checkpoint cell reads
-    # The analysis' own params when params_json also records resolved context (the reference).
+    # The analysis' own params, its relative paths resolved against the spec's folder
+    # (params_json keeps them as written, and may also record context such as the reference).
     run_params_json: str | None = None
 
 
@@ -338,13 +340,13 @@ def expand_checkpoints(
                 step = step_from_revision(rev, source.step_pattern, "revisions")
                 refs.append(CheckpointRef(source.repo, rev, step, "hub", local_only=False))
         else:
-            refs += _local_checkpoints(source)
+            refs += _local_checkpoints(source, spec.resolve(source.path))
     # The same checkpoint listed twice is one unit.
     return list(dict.fromkeys(refs))
 
 
-def _local_checkpoints(source: LocalModels) -> list[CheckpointRef]:
-    root = source.path.resolve()
+def _local_checkpoints(source: LocalModels, folder: Path) -> list[CheckpointRef]:
+    root = folder.resolve()
     if source.revisions == "all":
         revisions = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
     else:
@@ -471,7 +473,7 @@ def analysis_contexts(
         definition = get_analysis(entry.name)
         if definition.context is None:
             continue
-        params = definition.params_model.model_validate(entry.params)
+        params = resolved_paths(definition.params_model.model_validate(entry.params), spec)
         try:
             contexts[entry.key] = {"context": definition.context(params)}
         except ValueError as err:
@@ -561,6 +563,7 @@ def build_plan(
                 input_sets[ref.model] = materialize_all(
                     spec.input_sets,
                     folder,
+                    spec_folder=spec.folder,
                     tokenizer_of=ref.model,
                     cache_dir=ckptlab_home() / "input-sets",
                     trust_remote_code=spec.loading.trust_remote_code,
@@ -633,7 +636,8 @@ def build_plan(
                         name,
                         input_set_id,
                         sketch,
-                        canonical_json(params.model_dump(mode="json")),
+                        # What the analysis runs with: its files as this run opens them.
+                        canonical_json(resolved_paths(params, spec).model_dump(mode="json")),
                     )
                 )
         units.append(unit)

@@ -150,7 +150,7 @@ def test_an_input_set_larger_than_its_corpus_is_a_bad_spec(tmp_path, pico_hub):
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        ("{data: {file: /no/such/tasks.jsonl}}", "task data file not found: /no/such/tasks.jsonl"),
+        ("{data: {file: /no/such/tasks.jsonl}}", "data.file: no such file: /no/such/tasks.jsonl"),
         ("{data: category, template: 'no slots'}", "template must contain {input} exactly once"),
         ("{data: planets}", "analyses[0].params.tasks[0].data: Input should be 'category'"),
     ],

@@ -310,10 +310,10 @@ def test_submit_carries_a_task_file_and_the_data_it_names(tmp_path, monkeypatch)
     (project / "spec.yaml").write_text(
         yaml.safe_dump(spec("carried", [{"name": "lm_eval", "params": params}]))
     )
-    monkeypatch.chdir(project)
+    monkeypatch.chdir(tmp_path)  # the spec's paths lie in its folder, not here
     work = tmp_path / "work"
     work.mkdir()
-    staged = stage_spec(Path("spec.yaml"), load_spec(Path("spec.yaml")), work, project)
+    staged = stage_spec(project / "spec.yaml", load_spec(project / "spec.yaml"), work)
     assert sorted(staged.carried) == ["tasks/data/my_mc.jsonl", "tasks/my_mc.yaml"]
     assert (work / "tasks" / "data" / "my_mc.jsonl").read_bytes() == (
         project / "tasks" / "data" / "my_mc.jsonl"

@@ -56,9 +56,10 @@ class Counts:
         monkeypatch.setattr(worker, "stream_forward", counted_stream)
 
 
-def run_inline(spec: dict, root: Path, hub: Path):
-    """parse (loads the plug-ins, relative to the cwd), plan and run in this process."""
-    parsed = parse_spec(spec)
+def run_inline(spec: dict, root: Path, hub: Path, folder: Path | None = None):
+    """parse (loads the plug-ins, relative to ``folder``, else the cwd), plan and run in
+    this process."""
+    parsed = parse_spec(spec, folder)
     db = root / "results.duckdb"
     plan = make_plan(parsed, db, hub)
     summary = run_plan(
@@ -329,10 +330,10 @@ def test_the_api_reference_is_generated_from_the_code():
 
 @pytest.mark.parametrize("example", ["residual_norm", "induction_score"])
 def test_the_examples_run(example, tmp_path, pico_hub, monkeypatch):
-    monkeypatch.chdir(REPO)  # the examples' specs name their files from the repo root
+    monkeypatch.chdir(tmp_path)  # outside the repo: the specs name their files from their folder
     spec = yaml.safe_load((REPO / "examples" / f"{example}.yaml").read_text())
     spec["models"][0]["steps"] = [0, 64]  # what the tests' small pico build has
-    plan, summary, store = run_inline(spec, tmp_path, pico_hub)
+    plan, summary, store = run_inline(spec, tmp_path, pico_hub, REPO / "examples")
     assert summary.cells_failed == 0
     rows = {
         (m, st, layer, metric): v

@@ -58,7 +58,10 @@ def project(tmp_path, monkeypatch):
     root = tmp_path / "project"
     root.mkdir()
     path = write_spec(root, tmp_path / "elsewhere.txt")
-    monkeypatch.chdir(root)  # relative paths in a spec start at the working directory
+    # Relative paths in a spec lie in its folder, wherever the command starts.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     return root, path
 
 
@@ -74,7 +77,7 @@ def test_stage_spec_keeps_relative_paths_and_moves_outside_ones(project, tmp_pat
     root, path = project
     work = tmp_path / "work"
     work.mkdir()
-    staged_spec = stage_spec(path, load_spec(path), work, root)
+    staged_spec = stage_spec(path, load_spec(path), work)
     data = yaml.safe_load((work / staged_spec.spec_file).read_text())
     # Relative paths are kept, so a cell keyed by params (ICL task files) keeps its key.
     assert data["input_sets"][0]["file"] == "data/corpus.txt"
@@ -113,7 +116,7 @@ def test_the_runtime_env_carries_spec_files_and_code_but_no_token(project, monke
     monkeypatch.setenv("HF_TOKEN", "hf_canary_token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "ray_canary_token")
     request = JobRequest(path, load_spec(path), None, db="/shared/r.duckdb")
-    with staged(request, Path.cwd()) as (runtime_env, command, spec):
+    with staged(request) as (runtime_env, command, spec):
         assert sorted(runtime_env) == ["env_vars", "py_modules", "working_dir"]
         assert Path(runtime_env["py_modules"][0]).name == "ckptlab"
         assert (Path(runtime_env["working_dir"]) / "spec.yaml").is_file()
@@ -127,7 +130,7 @@ def test_the_runtime_env_carries_spec_files_and_code_but_no_token(project, monke
         assert spec.carried == ["data/corpus.txt", str(Path.cwd().parent / "elsewhere.txt"),
                                 "tasks.jsonl"]  # fmt: skip
     image = JobRequest(path, load_spec(path), None, code="image")
-    with staged(image, Path.cwd()) as (runtime_env, command, _):
+    with staged(image) as (runtime_env, command, _):
         assert "py_modules" not in runtime_env
         assert command.endswith(f"--expect-version {code_version()}")
     assert entrypoint(request, "s.yaml").startswith("python -m ckptlab run s.yaml")
@@ -140,7 +143,7 @@ def test_an_absolute_path_inside_the_project_becomes_relative(project, tmp_path)
     path.write_text(yaml.safe_dump(spec))
     work = tmp_path / "work2"
     work.mkdir()
-    staged_spec = stage_spec(path, load_spec(path), work, root)
+    staged_spec = stage_spec(path, load_spec(path), work)
     data = yaml.safe_load((work / staged_spec.spec_file).read_text())
     assert data["input_sets"][0]["file"] == "data/corpus.txt"
     assert (work / "data" / "corpus.txt").is_file()
@@ -150,7 +153,7 @@ def test_an_absolute_path_inside_the_project_becomes_relative(project, tmp_path)
     ("change", "message"),
     [
         (lambda s: s["analyses"][1]["params"]["tasks"][0]["data"].update(file="gone.jsonl"),
-         "analyses.1.params.tasks.0.data.file: no such file: gone.jsonl"),
+         "analyses[1].params.tasks[0].data.file: no such file: gone.jsonl in "),
         (lambda s: s.update(storage={"db": "results.duckdb"}), "'results.duckdb' is relative"),
         (lambda s: s.update(storage={"tracking_uri": "sqlite:///m.db"}), "is relative"),
         (lambda s: s.update(storage={"tracking_uri": "https://me:secret@mlflow:5000"}),

@@ -114,7 +114,7 @@ def load(path: Path) -> tuple[Spec, str]:
     """The spec and the text it was read from (stored with the run): one read, so they agree."""
     try:
         text = read_spec_file(path)
-        spec = parse_spec_text(text)
+        spec = parse_spec_text(text, path.parent)
     except SpecError as err:
         raise fail(f"{path}: {err}", 2) from None
     return spec, text
@@ -136,7 +136,9 @@ def plan_of(spec: Spec, spec_path: Path, db_path: Path, before_tokenizing=None):
 
 
 def db_of(spec: Spec | None, db: Path | None) -> Path:
-    return db or (spec.storage.db if spec and spec.storage.db else None) or default_db_path()
+    if db is None and spec is not None and spec.storage.db is not None:
+        db = spec.resolve(spec.storage.db)
+    return db or default_db_path()
 
 
 def tracking_of(spec: Spec, uri: str | None) -> str:

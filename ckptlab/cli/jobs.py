@@ -151,7 +151,7 @@ def submit(
             check_env_vars(env or []),
             wait_for_workers,
         )
-        check_request(request, Path.cwd())
+        check_request(request)
     except SubmitError as err:
         raise fail(f"{spec_path}: {err}", 2) from None
     jobs = _client(address)

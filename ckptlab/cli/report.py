@@ -27,7 +27,7 @@ def _spec_name(spec: str) -> tuple[str, Path | None]:
             raise fail(f"{spec}: the spec has no name", 2)
         storage = document.get("storage")
         db = storage.get("db") if isinstance(storage, dict) else None
-        return name, Path(db) if isinstance(db, str) else None
+        return name, path.parent / db if isinstance(db, str) else None  # as the spec resolves it
     return spec, None
 
 
