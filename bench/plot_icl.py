@@ -1,4 +1,4 @@
-"""The README's ICL figure, from a results database (read-only): one task's accuracy against
+"""The ICL figure of docs/icl.md, from a results database (read-only): one task's accuracy against
 training step, one line per number of demonstrations L (one model size), and against L averaged
 over late checkpoints, one line per size. Accuracy is the mean over task seeds.
 

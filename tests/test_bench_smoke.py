@@ -35,7 +35,29 @@ def test_assemble_keeps_sections_it_does_not_regenerate(tmp_path: Path):
     assert kept == {"fusion": "## Fusion\n\n| a |\n|---|\n| 1 |", "kernels": "## K"}
     new = run_all.assemble({**kept, "kernels": "## K2"})
     assert run_all.existing_sections(new)["kernels"] == "## K2"
-    assert "## Fusion" in new and "## Earlier measurements" in new  # the archive is copied in
+    assert "## Fusion" in new
+    assert "## Earlier measurements" not in new  # the history stays in bench/history.md
+    assert "(bench/history.md)" in new  # and is linked
+
+
+def test_benchmarks_md_is_what_assemble_writes():
+    """BENCHMARKS.md is `python bench/run_all.py --assemble`'s output: a summary table whose
+    every row read its figure, machine and date from its section, then the sections."""
+    committed = (REPO / "BENCHMARKS.md").read_text()
+    sections = run_all.existing_sections(committed)
+    assert list(sections) == run_all.SECTIONS
+    assert run_all.assemble(sections) == committed, "run: python bench/run_all.py --assemble"
+    header, *rows = _tables(run_all.summary(sections))[0]
+    assert header == ["benchmark", "goal", "latest figure", "machine", "date"]
+    assert len(rows) == len(run_all.SECTIONS)
+    for row in rows:
+        assert "see the section" not in row[2], f"{row[0]}: no figure read from its section"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", row[4]), row
+    anchors = {
+        "#" + run_all.anchor(s.splitlines()[0].removeprefix("## ")) for s in sections.values()
+    }
+    assert {re.search(r"\]\((#[^)]+)\)", row[0]).group(1) for row in rows} == anchors
+    assert "Earlier measurements" in (REPO / "bench" / "history.md").read_text()
 
 
 @pytest.mark.slow

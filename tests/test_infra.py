@@ -281,7 +281,7 @@ def test_every_placeholder_is_a_listed_setting_and_nothing_else_is_left(rendered
     for path in [*templates, INFRA / "mlflow" / "docker-compose.yaml"]:
         for name in re.findall(r"\$\{([A-Za-z_]+)", path.read_text()):
             assert name in names, f"{path.name}: ${{{name}}} is not in settings.env.example"
-    for path in [*INFRA.rglob("*"), REPO / "README.md"]:
+    for path in [*INFRA.rglob("*"), REPO / "README.md", *(REPO / "docs").glob("*.md")]:
         if path.is_file() and "rendered" not in path.parts:
             text = path.read_text()
             for word in ("YOUR_", "MLFLOW_HOST", "change-me", "PG_HOST:5432/mlflow\n"):

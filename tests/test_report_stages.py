@@ -158,7 +158,7 @@ def test_icl_panels_pick_distinct_checkpoints_in_training_order(report_without_t
 
 
 def test_spearman_runs_over_every_distinct_checkpoint(report_without_tokens):
-    """rho is scipy's over the seven checkpoints, not over four steps; the README's query and
+    """rho is scipy's over the seven checkpoints, not over four steps; docs/report.md's query and
     correlations.csv agree."""
     db, out = report_without_tokens
     store = ResultStore(db)
@@ -348,7 +348,7 @@ def test_linearity_cost_keeps_stages_apart():
     assert frame["removal_cost"].to_list() == pytest.approx([float(i) for i in range(7)])
 
 
-def test_the_readme_quotes_the_query():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    quoted = re.search(r"cat <<'SQL'\n(.*?)\nSQL\n", readme, re.S).group(1)
+def test_the_docs_quote_the_query():
+    page = (Path(__file__).parents[1] / "docs" / "report.md").read_text()
+    quoted = re.search(r"cat <<'SQL'\n(.*?)\nSQL\n", page, re.S).group(1)
     assert quoted.strip() == SPEARMAN_SQL.strip()

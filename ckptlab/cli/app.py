@@ -1,6 +1,6 @@
 """The CLI's shared pieces: the typer app, consoles, common options, one-line failures.
 
-Exit codes, the same for every command (README, "Exit codes"): 0 ok; 1 the command ran and
+Exit codes, the same for every command (docs/cli.md, "Exit codes"): 0 ok; 1 the command ran and
 something failed (cells failed, the results file busy, a cluster or job problem, a query
 refused or failing); 2 bad input (a bad spec, option or argument, a usage error); 130
 interrupted (Ctrl-C).

@@ -72,7 +72,7 @@ def spec_json_schema() -> dict:
         "$schema": JSON_SCHEMA_DIALECT,
         "title": "ckptlab spec",
         "description": "A ckptlab run: models x checkpoint steps, input sets, analyses "
-        "(README.md, 'A spec'). `ckptlab validate SPEC` checks what a schema cannot: "
+        "(docs/specs.md). `ckptlab validate SPEC` checks what a schema cannot: "
         "suites, sizes, steps, analyses and their params.",
         **generated,
     }
@@ -80,7 +80,7 @@ def spec_json_schema() -> dict:
 
 @app.command()
 def schema() -> None:
-    """Print the spec's JSON Schema (for editors: README, 'Editor support')."""
+    """Print the spec's JSON Schema (for editors: docs/specs.md, 'Editor support')."""
     sys.stdout.write(json.dumps(spec_json_schema(), indent=2) + "\n")
 
 
