@@ -199,7 +199,7 @@ def test_a_run_report_covers_the_cells_that_existed_at_its_end(two_runs, monkeyp
     def broken(*args, **kwargs):
         raise ValueError("no can do")
 
-    monkeypatch.setattr(report_module, "heatmap_figure", broken)
+    monkeypatch.setattr(report_module.build, "heatmap_figure", broken)  # where it is called
     out = root / "partial"
     written = render_report(db, out, spec_name="report", x="tokens")
     page = (out / "index.html").read_text()

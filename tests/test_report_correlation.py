@@ -1,7 +1,7 @@
 """What predicts what: the report's Spearman correlations across checkpoints are scipy's on the
-stored rows, and the README's DuckDB query gives the same numbers; a block's linearity against
-its removal cost is the join of the stored rows; the report writes the table, the CSV and the
-figures."""
+stored rows, and the DuckDB query of docs/report.md gives the same numbers; a block's linearity
+against its removal cost is the join of the stored rows; the report writes the table, the CSV
+and the figures."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import warnings
 from collections import defaultdict
 from statistics import mean
 
+import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
@@ -27,6 +28,7 @@ from ckptlab.report import (
     linearity_cost,
     resolve_selection,
     select_rows,
+    spearman,
 )
 from ckptlab.results import ResultStore
 from ckptlab.rows import CellRow, CheckpointRow, MetricRow
@@ -208,7 +210,46 @@ def test_correlation_table_is_scipys_spearman_of_the_stored_rows(db):
     assert keyed(correlation_table(rows.filter(pl.col("item").is_null()))) == got
 
 
-def test_the_readme_query_gives_the_same_numbers(db):
+def test_spearman_is_scipys_on_ties_and_at_random():
+    """``spearman``, the one Spearman rho of the report (``correlation_table`` and the figures
+    use it), is scipy.stats.spearmanr in float64: tied values get their average rank, each
+    group (a null key too) is its own series, and a group too short or constant has no rho."""
+    rng = np.random.default_rng(20260101)
+    cases = {  # (group, subgroup): (x, y)
+        ("ties", "a"): ([1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 7.0, 0.5],
+                        [0.4, 0.4, 0.1, 0.9, 0.4, 0.7, 0.7, 0.2]),
+        ("ties", None): ([5.0, 5.0, 1.0, 1.0, 2.0, 9.0], [0.3, 0.3, 0.3, 0.1, 0.9, 0.9]),
+        ("random", "a"): (rng.normal(size=200).tolist(), rng.normal(size=200).tolist()),
+        ("random", "b"): (rng.random(3).tolist(), rng.random(3).tolist()),  # MIN_STEPS
+        ("random", "c"): (
+            np.round(rng.normal(size=60), 1).tolist(), np.round(rng.normal(size=60), 1).tolist()
+        ),  # rounded: many ties
+    }  # fmt: skip
+    dropped = {
+        ("short", "a"): ([1.0, 2.0], [2.0, 1.0]),
+        ("constant", "a"): ([1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5]),
+    }
+    rows = [
+        {"group": g, "subgroup": s, "value": x, "value_y": y}
+        for (g, s), (xs, ys) in (cases | dropped).items()
+        for x, y in zip(xs, ys, strict=True)
+    ]
+    schema = {"group": pl.String, "subgroup": pl.String, "value": pl.Float64,
+              "value_y": pl.Float64}  # fmt: skip
+    frame = pl.DataFrame(rows, schema=schema).sample(fraction=1.0, shuffle=True, seed=3)
+    table = spearman(frame, ["group", "subgroup"])  # rows shuffled: no order assumed
+    assert table.schema["rho"] == pl.Float64 and table.schema["n_steps"] == pl.Int64
+    got = {
+        (r["group"], r["subgroup"]): (r["rho"], r["n_steps"]) for r in table.iter_rows(named=True)
+    }
+    assert set(got) == set(cases)
+    for key, (xs, ys) in cases.items():
+        want = stats.spearmanr(xs, ys).statistic
+        assert got[key][0] == pytest.approx(want, rel=0, abs=1e-14) and got[key][1] == len(xs), key
+    assert len(set(cases[("random", "c")][0])) < 60  # the rounded case has ties indeed
+
+
+def test_the_docs_query_gives_the_same_numbers(db):
     store = ResultStore(db)
     table = correlation_table(select_rows(store, resolve_selection(store, "corr")))
     by_sql = store.user_query(SPEARMAN_SQL)  # what `ckptlab query "..."` runs
@@ -322,7 +363,7 @@ def test_every_benchmark_accuracy_gets_a_column_then_icl_by_strength(db, monkeyp
     assert benchmark.height == 3 and icl.height == 2  # mc acc/acc_norm 0-shot, acc 5-shot
     assert benchmark["rho"].min() < icl["rho"].min()  # a cap by |rho| alone would drop it
     for cap, icl_shown in ((3, []), (4, [icl.row(-1)[:3]])):
-        monkeypatch.setattr(report, "TABLE_COLUMNS", cap)
+        monkeypatch.setattr(report.figures, "TABLE_COLUMNS", cap)  # where it is read
         [heat] = [f.data for f in report.correlation_figures(table, rows) if f.data["kind"]
                   == "correlation_heatmap"]  # fmt: skip
         keys = [tuple(k) for k in heat["column_keys"]]
