@@ -1,4 +1,10 @@
-"""Shipped analyses. Importing this package registers each of them (one file per analysis)."""
+"""Shipped analyses. Importing this package registers each of them (one file per analysis).
+
+Owns: the list of shipped analyses and the names re-exported here. Must not: import
+``orchestrator/`` or a module of ``ckptlab/`` above its foundations (``spec``, ``results``,
+``report``, ...: tests/test_layout.py), or torch at module level (``ckptlab analyses`` imports
+every file: name torch through ``ckptlab.lazy``).
+"""
 
 from ckptlab.analyses import (  # noqa: F401
     anisotropy,

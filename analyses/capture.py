@@ -28,6 +28,11 @@ hidden state with the final norm, the head and the family's post-processing, and
 checks it against the model's own logits on its first batch; what a checkpoint cannot give
 (that check failed, a family without a table row, a mixture of experts' neurons) is in
 ``CheckpointContext.unavailable``, and the analyses that need it fail their own cells.
+
+Owns: ``Batch``, ``CheckpointContext``, ``Capture``, ``ReferenceSketch``, a sketch's seeded
+positions (``sample_positions``), and the errors for a read that was not requested
+(``MissingCapture``) or cannot be given (``Unavailable``). Must not: run the model or set hooks
+(``orchestrator/forward.py``), or import ``orchestrator/``.
 """
 
 from __future__ import annotations

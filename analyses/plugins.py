@@ -13,6 +13,11 @@ A file's code travels to the workers inside each unit (its text), so a file that
 the laptop runs on every node; a module must be importable there (installed, or shipped by
 ``ckptlab submit`` in the runtime env's ``py_modules``). Each plug-in's analyses record their
 origin and the sha256 of their source, which joins their cell keys.
+
+Owns: turning a ``plugins:`` entry into ``PluginCode`` (its text and digest, found from the
+folder it is given), loading it once per content, and the entry points. Must not: resolve a file
+against the current directory (callers pass the spec's folder), or import ``ckptlab.spec`` (a
+layer above).
 """
 
 from __future__ import annotations

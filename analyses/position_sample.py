@@ -1,5 +1,9 @@
 """Vectors at a fixed set of token positions, gathered while the pass streams: what TwoNN and
-CKA compute on, and what a reference checkpoint's sketch is."""
+CKA compute on, and what a reference checkpoint's sketch is.
+
+Owns: ``PositionSample``. Must not: choose the positions (its caller does, e.g. with
+``capture.sample_positions``), or keep a batch's tensors: it copies the sampled rows.
+"""
 
 from __future__ import annotations
 

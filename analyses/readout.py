@@ -1,5 +1,10 @@
 """Cross-entropy of hidden states read out as next-token logits; shared by logit_lens and
-head_rank_proxy. Chunked over tokens so logits never exceed [chunk, vocab]."""
+head_rank_proxy. Chunked over tokens so logits never exceed [chunk, vocab].
+
+Owns: the chunked readout NLL (``readout_nll_sum``, ``readout_cross_entropy``, ``MeanNLL``).
+Must not: register an analysis, or read out logits its own way: ``to_logits``
+(``context.readout_logits``) is the family's readout.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,10 @@
 State is what merges exactly: sums, counts, Gram or R factors, capped samples at positions
 chosen up front. An analysis names what it reads (``needs``); the runner captures only the
 union of those, batch by batch, so memory is the model + one batch + every analysis' state.
+
+Owns: ``Need`` (every hook a pass can capture), ``FORWARD_NEEDS``, ``NoParams``, ``MetricValue``
+and ``Reducer``. Must not: know any analysis, or import torch (the light commands read
+``Need``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ parameters. Bumping ``version`` invalidates every stored cell of that analysis.
 An analysis is a ``Reducer`` subclass (init -> update(batch) -> finalize), or, when it needs
 nothing per batch (the LM head's weights, its own prompts), a plain function
 ``fn(context, params) -> rows``.
+
+Owns: the registry (name -> ``AnalysisDef``), what ``@analysis`` refuses (a taken name, no
+docstring, params that accept unknown fields) and each analysis' origin. Must not: import the
+shipped analyses or ``plugins`` at module level (they import this module;
+``registered_analyses`` imports them when called), or torch at module level.
 """
 
 from __future__ import annotations

@@ -76,8 +76,9 @@ def one(args) -> dict:
     from ckptlab.analyses.registry import get_analysis
     from ckptlab.hub import content_commit_id, load_model, load_tokenizer
     from ckptlab.orchestrator.forward import capture_forward
-    from ckptlab.orchestrator.plan import Cell, CheckpointRef
-    from ckptlab.orchestrator.worker import SketchRequest, UnitTask, run_unit
+    from ckptlab.orchestrator.plan import Cell, CheckpointRef, SketchRequest
+    from ckptlab.orchestrator.unit import UnitTask
+    from ckptlab.orchestrator.worker import run_unit
 
     folder = Path(args.folder)
     n_tokens = args.tokens[0]

@@ -19,7 +19,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerF
 
 from ckptlab.hub import content_commit_id
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
-from ckptlab.orchestrator.worker import UnitTask, run_unit
+from ckptlab.orchestrator.unit import UnitTask
+from ckptlab.orchestrator.worker import run_unit
 from ckptlab.pico.build import train_tokenizer
 
 PYTHIA_160M = dict(

@@ -2,6 +2,10 @@
 
 ``import ckptlab`` stays light (no torch, no Ray): the one function here imports what it
 needs when called. See docs/python-api.md.
+
+Owns: ``__version__`` and ``load_results``. Must not: import ``ckptlab.results``, polars or
+anything heavy at import time (only inside ``load_results``: the FACADE of
+tests/test_layout.py); every command imports this package first.
 """
 
 from __future__ import annotations

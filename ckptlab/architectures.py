@@ -46,6 +46,11 @@ A model_type not in the table: the analyses that need a row (readout, pre-final-
 capture, block list) fail their own cells with one line naming it and this file; those that
 read only hidden states, the model's own logits, the head or the embeddings still run. Adding
 a family is one row here plus its tiny random checkpoint in ``tests/test_architectures.py``.
+
+Owns: ``TABLE`` (one ``Architecture`` row per model_type), the modules and logits op a row
+names, and whether a loaded model's head is tied. Must not: find a module by guessing its name,
+import torch or transformers at module level (the planner reads ``declared_logit_op``), or
+import ``analyses/`` or ``orchestrator/``, which read it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ stage, and ``tokens`` adds the tokens of the stages before it.
 Every number below comes with its source (a model card, a training config, a README); the
 ones that could not be confirmed are None and say so ('unconfirmed'), and a suite without
 tokens per step records no tokens seen (token selectors refuse it) rather than a guess.
+
+Owns: ``SUITES`` (each suite's repos, sizes, seeds, schedule, revision names and tokens per
+step, with their sources) and the training order of checkpoints. Must not: reach the hub (the
+repos of a listed suite are listed by ``orchestrator/plan.py``) or import beyond the standard
+library: ``ckptlab suites`` and ``validate`` read it.
 """
 
 from __future__ import annotations
@@ -77,6 +82,17 @@ def stage_rank(stage: str | None) -> int:
     return int(digits.group(1)) if digits else 1
 
 
+def training_order(
+    tokens: int | None, stage: str | None, step: int, seed: int | None, revision: str
+) -> tuple:
+    """Where a checkpoint lies on the training axis, as a sort key: tokens seen; without
+    tokens, the stage, then the step (steps restart in a later stage of some suites, so the
+    step alone is not an order). Known tokens sort before unknown ones; ties (OLMo 2's
+    ingredients) by seed, then revision name."""
+    known = tokens is not None
+    return (not known, tokens if known else 0, stage_rank(stage), step, seed or 0, revision)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """One checkpoint as its revision name says: the step (within its stage), the tokens seen
@@ -93,17 +109,7 @@ class Checkpoint:
 
     @property
     def order(self) -> tuple:
-        """The axis order: tokens seen; without tokens, the stage, then the step. Known
-        tokens sort before unknown ones; ties (OLMo 2's ingredients) by seed, then name."""
-        known = self.tokens is not None
-        return (
-            not known,
-            self.tokens if known else 0,
-            stage_rank(self.stage),
-            self.step,
-            self.seed or 0,
-            self.revision,
-        )
+        return training_order(self.tokens, self.stage, self.step, self.seed, self.revision)
 
 
 # ------------------------------------------------------------------------------ schedules

@@ -1,5 +1,10 @@
 """Which ckptlab code is running: the package version, plus the git commit of a checkout, or
-the version recorded when the code was shipped to a cluster by ``ckptlab submit``."""
+the version recorded when the code was shipped to a cluster by ``ckptlab submit``.
+
+Owns: ``code_version`` and the file a shipped copy records its version in. Must not: import
+an analysis or anything above layer 0 of tests/test_layout.py (``ckptlab --version`` reads it),
+or fail where git is missing: the version is then the package's alone.
+"""
 
 from __future__ import annotations
 

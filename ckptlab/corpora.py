@@ -3,6 +3,10 @@
 Each corpus is a list of documents with stable ids. A document belongs to the ``heldout`` split
 when the first byte of sha1(doc id) is below 26 (~10%); the pico suite trains only on ``train``
 documents, so ``heldout`` input sets measure generalisation.
+
+Owns: ``CORPORA`` and the split of a document (``split_of``). Must not: read anything but the
+Python install's own files, or change ``split_of``: pico trained on the ``train`` side, so a new
+split would put training text into ``heldout``.
 """
 
 from __future__ import annotations

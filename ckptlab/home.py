@@ -5,6 +5,10 @@ Everything defaults under ``$CKPTLAB_HOME`` (default ``~/.cache/ckptlab``):
 - ``hub/``          a standard Hugging Face hub cache (the pico suite is published here)
 - ``results.duckdb`` the default results database
 - ``mlflow.db`` + ``mlartifacts/`` the default MLflow tracking store (artifacts beside it)
+
+Owns: ``$CKPTLAB_HOME`` and the default paths under it, ``NotCached`` and ``hub_downloads_off``.
+Must not: create a file or folder when a path is asked for, or import huggingface_hub at module
+level (every command imports this module).
 """
 
 from __future__ import annotations

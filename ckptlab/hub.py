@@ -5,6 +5,11 @@
 from the local cache offline. Exactly the weight files the plan chose are fetched (one layout:
 safetensors first, pickled ``.bin`` files loaded with ``weights_only`` unless a spec refuses
 them; ``ckptlab.weights``); remote code is never trusted by default.
+
+Owns: fetching a revision (``fetch_snapshot``), resolving revisions to commits, loading the
+model and tokenizer, and ``CheckpointError``. Must not: choose a revision's weight files
+(``weights.py`` and the plan do), evict from the cache (``orchestrator/prefetch.py``), or import
+transformers or huggingface_hub at module level (the planner imports this module).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pickle
 import re
 from pathlib import Path
 
+from ckptlab.errors import one_line
 from ckptlab.lazy import torch
 from ckptlab.weights import remember_refs, remembered_refs
 
@@ -34,11 +40,6 @@ class CheckpointError(RuntimeError):
         self.label = label
         self.reason = reason
         super().__init__(f"{label}: {reason}")
-
-
-def _short(err: Exception) -> str:
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first}"[:300]
 
 
 def content_commit_id(folder: Path) -> str:
@@ -98,7 +99,7 @@ def fetch_snapshot(
     except RevisionNotFoundError:
         raise CheckpointError(f"{repo}@{revision}", "no such revision") from None
     except Exception as err:  # huggingface_hub raises several types; all mean "not available"
-        raise CheckpointError(f"{repo}@{revision}", _short(err)) from None
+        raise CheckpointError(f"{repo}@{revision}", one_line(err, 300, first=True)) from None
     folder = Path(folder)
     return folder, folder.name  # snapshots/<commit sha>
 
@@ -136,7 +137,7 @@ def resolve_commits(
         except RepositoryNotFoundError:
             return {r: CheckpointError(f"{repo}@{r}", "no such repo") for r in revisions}
         except Exception as err:
-            reason = f"cannot list revisions: {_short(err)}"
+            reason = f"cannot list revisions: {one_line(err, 300, first=True)}"
             return {r: CheckpointError(f"{repo}@{r}", reason) for r in revisions}
         known = {ref.name: ref.target_commit for ref in [*refs.branches, *refs.tags]}
         remember_refs(repo, known)

@@ -1,6 +1,11 @@
 """Input-set documents from a hub dataset (wikitext-103 validation, a Pile validation shard):
 the files of one config and split at a pinned revision, downloaded with huggingface_hub into
-the hub cache (or read from it offline), one document per row's text field."""
+the hub cache (or read from it offline), one document per row's text field.
+
+Owns: which files of a dataset revision an input set reads, and their texts (``hub_documents``).
+Must not: tokenize or cut windows (``inputs.py``), or look online while the hub is offline
+(``HF_HUB_OFFLINE``: the cache alone is read).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,11 @@
 """The exact prompts of a stored ``icl`` cell, rebuilt from what the results DB recorded: the
 cell's params (task specs, seeds, shots, n_test), its checkpoint's tokenizer (the stored commit)
-and the task data, checked against the fingerprint stored with the cell."""
+and the task data, checked against the fingerprint stored with the cell.
+
+Owns: ``stored_prompts`` and ``ReplayError``. Must not: write to the results database, or
+rebuild from data or a checkpoint other than the run's: a changed fingerprint or a moved
+revision is an error, and the tokenizer comes from the local cache only.
+"""
 
 from __future__ import annotations
 

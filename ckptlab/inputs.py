@@ -2,6 +2,11 @@
 
 An input set's id is a hash of its token ids, so identical tokens are one input set whatever
 it is called, and a changed corpus or tokenizer is a new input set.
+
+Owns: ``MaterializedInputSet``, cutting an input set into windows (tokenize, cut, seeded draw),
+its id, and the windows kept in ``$CKPTLAB_HOME/input-sets``. Must not: load a tokenizer
+(transformers, and the torch it brings) when the windows are cached, or change how text becomes
+windows without bumping ``WINDOWS_FORMAT``.
 """
 
 from __future__ import annotations

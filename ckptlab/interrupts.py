@@ -6,6 +6,9 @@ the query with ``RuntimeError: Query interrupted`` (DuckDB 2.0, measured; not a
 user a traceback instead of the clean "interrupted, run again to resume" stop, and a broad
 ``except Exception`` around a read swallowed it. A unit's write is milliseconds: the first
 Ctrl-C lets it finish, then stops; a second one stops at once (the write rolls back).
+
+Owns: ``sigint_after_block`` and ``is_ctrl_c``. Must not: import DuckDB or a ckptlab module
+(``results.py`` wraps its writes in it), or hold back more than the first Ctrl-C.
 """
 
 from __future__ import annotations

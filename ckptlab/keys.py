@@ -1,7 +1,12 @@
 """Content keys: a cell is named by a hash of exactly what it is, so a rerun finds what is
 stored and a change of any part (a parameter, the analysis' version, the dtype) is a new cell.
 Both the plan (which keys the cells to compute) and the results database (which re-keys cells
-stored under an older formula) use this one function."""
+stored under an older formula) use this one function.
+
+Owns: ``cell_identity`` and the canonical JSON and hash it is made of. Must not: import beyond
+the standard library, or change what an existing key holds: a changed identity recomputes every
+stored cell (hence the default dtype stays out of it).
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ Nothing is added to ``sys.modules`` before the real import, so ``"torch" in sys.
 stays a true answer (tests/test_cli_imports.py relies on it). Names read at import time (a
 default argument ``dtype=torch.float32``, a decorator ``@torch.inference_mode()``) import the
 library at once: keep them inside functions.
+
+Owns: ``LazyModule``, the stand-ins (``torch``, ``F``) and ``inference_mode`` applied late. Must
+not: import a library before its first attribute is read, put anything in ``sys.modules`` early,
+or import a ckptlab module.
 """
 
 from __future__ import annotations

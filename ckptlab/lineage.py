@@ -1,5 +1,11 @@
 """MLflow lineage: experiment = spec name, one parent run per ``ckptlab run``, one child run per
-model, metrics logged with ``step`` = training step so the UI draws curves over training."""
+model, metrics logged with ``step`` = training step so the UI draws curves over training.
+
+Owns: the experiment, run and metric names in MLflow (``metric_key``), what the parent and each
+child run hold, and the pending state. Must not: stop a run over MLflow (the first error marks
+the lineage pending, for ``ckptlab sync``), write to the results database, or import mlflow at
+module level.
+"""
 
 from __future__ import annotations
 

@@ -48,6 +48,9 @@ Which cells: ``analysis = 'lm_eval'`` rows with ``item`` NULL, a task, and a met
 starting with ``doc_`` (per-document rows). When several stored cells give the same
 (model, revision, task, num_fewshot), e.g. runs with different ``limit``, the one computed
 last wins; the others are listed in ``ckptlab.superseded`` with their params and noted.
+
+Owns: the files' layout and keys, and which stored cells are exported. Must not: write to the
+results database (it is read read-only) or compute a value: every number is a stored one.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ DuckDB lets one process hold a database file for writing, and while it does nobo
 open it, not even read-only. So the driver, the only writer, opens the file for each unit's
 transaction and closes it at once, and readers retry briefly on a lock conflict: ``ckptlab
 query`` works while a run is going.
+
+Owns: the schema and its migrations, every write (one transaction each), the retries on a held
+file, and the check that a user's query only reads (``user_query``). Must not: decide what is
+written (the driver, ``orchestrator/runner.py``, calls the writes; ``sync.py`` only sets a run's
+lineage), keep the file open between calls, or import torch, ``analyses/`` or ``orchestrator/``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """The records a unit produces. Plain dataclasses: workers build them without DuckDB, the
-driver (the only writer) stores them."""
+driver (the only writer) stores them.
+
+Owns: ``CheckpointRow``, ``CellRow``, ``MetricRow``, ``UnitRow`` and ``FailureRow``. Must not:
+import DuckDB, torch or another ckptlab module: a worker builds them and Ray sends them to the
+driver.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,15 @@
 """The run spec: suites x sizes x seeds x checkpoint steps, input sets, analyses, resources,
-storage. YAML in, a validated frozen model out; every error names the field path."""
+storage. YAML in, a validated frozen model out; every error names the field path.
+
+Relative paths in a spec (plug-in files, ``file:`` input sets, task files, local models,
+``storage.db``) resolve against the spec file's folder (``Spec.folder``, ``Spec.resolve``), as
+in compose and kustomize. Cells keep the paths as written; ``resolved_paths`` gives what a
+process opens.
+
+Owns: the spec's schema, its checks (``parse_spec``), the step and token selectors, and that
+path rule. Must not: reach the hub or the results database, or import torch or the analyses at
+module level (every command imports this module; the registry is imported inside the checks).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +20,8 @@ import math
 import re
 import reprlib
 import stat
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -25,13 +35,14 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    Tag,
     PrivateAttr,
+    Tag,
     ValidationError,
     model_validator,
 )
 
 from ckptlab.catalog import SUITES, Checkpoint, Suite, parse_token_count
+from ckptlab.errors import one_line
 
 
 class SpecError(ValueError):
@@ -39,15 +50,16 @@ class SpecError(ValueError):
 
     def __init__(self, path: str, message: str):
         # A key or value from the file may hold a line break; escaped, the error stays one line.
-        self.path = _one_line(path)
-        self.message = _one_line(message)
+        self.path = _escape_line_breaks(path)
+        self.message = _escape_line_breaks(message)
         super().__init__(f"{self.path}: {self.message}" if self.path else self.message)
 
 
 _LINE_BREAK = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")  # what splitlines() splits
 
 
-def _one_line(text: str) -> str:
+def _escape_line_breaks(text: str) -> str:
+    """A user's text on one line, its line breaks shown as escapes (a key may hold one)."""
     return _LINE_BREAK.sub(lambda m: repr(m.group())[1:-1], text)
 
 
@@ -352,7 +364,10 @@ def resolved_paths(value: Any, spec: Spec) -> Any:
         return spec.resolve(value)
     if isinstance(value, BaseModel):
         return value.model_copy(
-            update={name: resolved_paths(getattr(value, name), spec) for name in type(value).model_fields}
+            update={
+                name: resolved_paths(getattr(value, name), spec)
+                for name in type(value).model_fields
+            }
         )
     if isinstance(value, list | tuple):
         return type(value)(resolved_paths(item, spec) for item in value)
@@ -781,7 +796,8 @@ _SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 
 
 def _reason(err: Exception) -> str:
-    return getattr(err, "strerror", None) or str(err)
+    """An OS error's own words ('No such file or directory'), else the error's one line."""
+    return getattr(err, "strerror", None) or one_line(err)
 
 
 def read_spec_file(path: str | Path) -> str:

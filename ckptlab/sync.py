@@ -1,6 +1,11 @@
 """``ckptlab sync``: MLflow lineage of runs that could not log it (the tracking server was
 unreachable), rebuilt from DuckDB. Idempotent: a run whose MLflow parent is complete is
-skipped; a parent cut short is deleted and logged again."""
+skipped; a parent cut short is deleted and logged again.
+
+Owns: ``sync`` and what counts as a complete MLflow parent (its ``ckptlab.lineage`` tag). Must
+not: change a run's cells or metrics (it reads them; its one write is the run's ``lineage``
+column), or log anything the results database does not hold.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ The layouts are the four transformers loads, by its own file names:
 ``model.safetensors``, ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``,
 ``pytorch_model.bin``, ``pytorch_model-0000k-of-0000n.bin`` + ``pytorch_model.bin.index.json``.
 Safetensors win when a revision has both; pickles load only with ``weights_only``.
+
+Owns: ``WeightLayout`` and ``choose_layout`` (which files load), the listing cache and the
+remembered refs. Must not: download a weight file (``hub.fetch_snapshot`` does), or import
+huggingface_hub at module level.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@
   disk, never printed), and shuts it down at the end.
 
 A Ray already initialised in this process (a notebook, the test session) is used as it is.
+
+Owns: ``choose_cluster`` and ``connect`` (which Ray, attached or private), the private Ray's
+token and environment, and ``Boot`` (connecting on a thread). Must not: size or start workers
+(``executors.py``), print or write a token, or import Ray at module level.
 """
 
 from __future__ import annotations

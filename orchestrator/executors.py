@@ -1,5 +1,15 @@
 """Backends decide only WHERE units run; the runner owns the lifecycle (skip what is done, run,
-persist, mark done). Both yield (task, UnitResult or the exception that lost the unit)."""
+persist, mark done). Both yield (task, UnitResult or the exception that lost the unit).
+
+The ``Executor`` protocol is what the runner calls; ``InlineExecutor`` runs units one by one in
+this process, ``RayExecutor`` on Ray actors sized per model (``placement.py``), with each node's
+downloads queued ahead (``prefetch.py``).
+
+Owns: the workers, their shapes and pools, which worker takes which unit, and the downloads
+queued ahead. Must not: write results or log to MLflow (the runner does, with what ``run``
+yields), or import Ray or torch at module level (``ray_worker.py`` is imported once Ray is
+wanted).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +26,8 @@ from ckptlab.orchestrator.cluster import Boot, choose_cluster, describe
 from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
 from ckptlab.orchestrator.prefetch import DownloadQueue, Wanted, wanted
 from ckptlab.orchestrator.reaper import start_reaper
-from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
+from ckptlab.orchestrator.unit import UnitResult, UnitTask
+from ckptlab.orchestrator.worker import pick_device, run_unit
 from ckptlab.spec import Resources
 
 Outcome = tuple[UnitTask, UnitResult | Exception]
@@ -544,7 +555,7 @@ class RayExecutor:
                     items.append(wanted(upcoming, order=next(self._orders)))
                 if any(items):
                     downloads.add.remote([item for item in items if item])
-            needed = {c.reference_key for c in task.cells if c.reference_key in stored}
+            needed = {c.sketch_key for c in task.cells if c.sketch_key in stored}
             # The driver's hub path may not exist on a cluster's nodes: each finds its own.
             remote = replace(task, hub_dir=None)
             ref = pool[index].run.remote(remote, {k: stored[k] for k in needed}, downloads)

@@ -5,6 +5,12 @@ Where to hook is read from the architecture table (``architectures.py``), never 
 What a checkpoint cannot give (a family without a row, a mixture of experts' neurons, a
 readout that does not reproduce the model's logits) goes into ``context.unavailable``: the
 analyses that need it fail their own cells, the others run.
+
+Owns: the hooks and what a pass captures (``stream_forward``), the checkpoint's context
+(``checkpoint_context``) and the readout self-check. Must not: run the analyses
+(``input_set_pass.py`` feeds them) or retry, and ``stream_forward`` must not hold a batch once
+the next one is asked for (``capture_forward``, which holds them all, is for tests and
+benchmarks).
 """
 
 from __future__ import annotations

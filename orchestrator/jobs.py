@@ -15,6 +15,10 @@ cluster's. The runtime env carries what the run needs from the laptop:
 
 Tokens never travel in the runtime env (Ray's state API shows it): the Jobs client reads
 ``RAY_AUTH_TOKEN`` from this environment, and cluster nodes need their own ``HF_TOKEN``.
+
+Owns: what a job carries (``stage_spec``, ``stage_code``, a module plug-in's package), the
+environment variables it refuses, and the Jobs client. Must not: put a token in the runtime env,
+or import Ray at module level (``ray.job_submission`` is imported when a client is made).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import shlex
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +41,12 @@ from urllib.parse import urlsplit
 
 import tenacity
 import yaml
-from pydantic import BaseModel
 
 import ckptlab
 from ckptlab.analyses.plugins import is_file_entry
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import SHIPPED_VERSION_FILE, code_version, shipped
+from ckptlab.errors import one_line
 from ckptlab.spec import LocalModels, Spec, paths_in, resolved_paths
 
 # Subpackages that an editable install maps from other folders (pyproject's package-dir).
@@ -383,7 +387,7 @@ def submit(request: JobRequest, jobs=None) -> Submitted:
                 metadata=metadata,
             )
         except (RuntimeError, ValueError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = one_line(str(err) or type(err).__name__, first=True)
             hint = ""
             if "No available agent" in first:
                 hint = (
@@ -421,8 +425,3 @@ def exit_code(info) -> int:
 
 def status_of(info) -> str:
     return str(getattr(info.status, "value", info.status))
-
-
-def first_line(message: str | None) -> str:
-    """Ray's message for a failed job ends with the job's last 20,000 characters of logs."""
-    return (message or "").strip().splitlines()[0] if (message or "").strip() else ""

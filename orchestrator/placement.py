@@ -6,6 +6,10 @@ is refused before anything runs.
 The estimate is read from the checkpoint's config, never its weights: parameters counted on
 PyTorch's meta device (no memory), times the dtype's size, plus one batch's activations and
 the analyses' states, plus a margin for the CUDA context and allocator slack.
+
+Owns: ``unit_bytes``, ``parameter_count`` and ``worker_shape`` (what a worker asks Ray for).
+Must not: start workers or talk to Ray (``executors.py``), load weights, or import torch or
+transformers at module level.
 """
 
 from __future__ import annotations

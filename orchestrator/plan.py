@@ -4,6 +4,19 @@ A unit is one checkpoint: loaded once, one forward pass per input set, every ana
 A cell is one (commit sha, analysis, version, params, input set) and its key is a hash of
 exactly those, so a rerun finds what is already stored and a changed parameter invalidates only
 the cells of that analysis.
+
+``build_plan`` expands the models into checkpoints, resolves revisions to commits
+(``ckptlab/hub.py``), reads weight layouts (``ckptlab/weights.py``) and each model's config and
+tokenizer, cuts the input sets (``ckptlab/inputs.py``), keys every cell, asks the results
+database which keys it holds (``done_keys``), and names the reference sketches that
+cross-checkpoint cells read (``SketchRequest``, ``Plan.sketches``, ``Cell.sketch_key``). A
+``Cell`` keeps its params as the spec wrote them (``params_json``, in its key);
+``run_params_json`` has its paths resolved against the spec's folder.
+
+Owns: ``CheckpointRef``, ``Cell``, ``SketchRequest``, ``Unit``, ``Plan``, the expansion of
+checkpoints, the choice of references and the duplicate policy. Must not: download a weight file
+(only tokenizer and config files), write to the results database (``done_keys`` only reads), or
+import torch, transformers or Ray at module level (``ckptlab plan`` is a light command).
 """
 
 from __future__ import annotations
@@ -17,12 +30,12 @@ from ckptlab import architectures
 from ckptlab.analyses.plugins import PluginCode, loaded_code
 from ckptlab.analyses.registry import AnalysisDef, Need, get_analysis
 from ckptlab.architectures import declared_logit_op
-from ckptlab.catalog import SUITES, Checkpoint, Suite, stage_rank
+from ckptlab.catalog import SUITES, Checkpoint, Suite, training_order
+from ckptlab.errors import one_line
 from ckptlab.home import NotCached, ckptlab_home
 from ckptlab.hub import (
     CheckpointError,
     _not_cached,
-    _short,
     cached_commit,
     fetch_snapshot,
     hub_offline,
@@ -74,40 +87,39 @@ class CheckpointRef:
 
     @property
     def order(self) -> tuple:
-        """Training order: tokens seen, else stage then step (steps restart in a later
-        stage of some suites, so the step alone is not an order)."""
-        known = self.tokens_seen is not None
-        return (not known, self.tokens_seen or 0, stage_rank(self.stage), self.step,
-                self.seed or 0, self.revision)  # fmt: skip
+        return training_order(self.tokens_seen, self.stage, self.step, self.seed, self.revision)
 
 
 @dataclass(frozen=True)
 class Cell:
     key: str | None  # None when the checkpoint could not be resolved to a commit
     analysis: str
-    label: str  # the spec's name for this analysis entry (MLflow keys)
+    entry_key: str  # the spec's key of this analysis entry, its label else its name (MLflow)
     version: int
     params_json: str
     params_hash: str
     input_set: str | None  # name in the spec; None for weight-only analyses
     input_set_id: str | None
-    reference_key: str | None = None  # the ReferenceSketch a cross-checkpoint cell reads
+    sketch_key: str | None = None  # the reference sketch a cross-checkpoint cell reads
     # The analysis' own params, its relative paths resolved against the spec's folder
     # (params_json keeps them as written, and may also record context such as the reference).
     run_params_json: str | None = None
 
 
 @dataclass(frozen=True)
-class ReferenceSpec:
-    """A reference sketch to compute (or find cached): one checkpoint, one input set."""
+class SketchRequest:
+    """A reference sketch to make (or find cached): the hidden states of one checkpoint at
+    a seeded sample of ``max_tokens`` positions of one input set, which cross-checkpoint
+    analyses (CKA) compare every other checkpoint with. The plan names the checkpoint whose
+    unit makes it; that unit's pass takes it (``ReferenceSketch`` is what it gives)."""
 
     key: str
-    checkpoint: CheckpointRef
-    commit: str
     input_set: str
     input_set_id: str
     max_tokens: int
     seed: int
+    checkpoint: CheckpointRef | None = None
+    commit: str | None = None
 
 
 @dataclass
@@ -145,7 +157,7 @@ class Plan:
     spec: Spec
     units: list[Unit]
     input_sets: dict[str, dict[str, MaterializedInputSet]]  # model -> input set name -> tokens
-    references: dict[str, ReferenceSpec] = field(default_factory=dict)
+    sketches: dict[str, SketchRequest] = field(default_factory=dict)  # by sketch key
     reference_errors: dict[str, str] = field(default_factory=dict)  # model -> why none
     model_configs: dict[str, dict] = field(default_factory=dict)  # model -> its config.json
     plugins: list[PluginCode] = field(default_factory=list)  # what every unit carries
@@ -236,7 +248,7 @@ def list_revisions(
         except RepositoryNotFoundError:
             return CheckpointError(repo, "no such repo")
         except Exception as err:
-            return CheckpointError(repo, f"cannot list revisions: {_short(err)}")
+            return CheckpointError(repo, f"cannot list revisions: {one_line(err, 300, first=True)}")
         known = {r.name: r.target_commit for r in [*refs.branches, *refs.tags]}
         remember_refs(repo, known)
         return Listing(known, True)
@@ -419,7 +431,7 @@ def tokenizer_folder(ref: CheckpointRef, hub_dir: Path, remote_code: bool = Fals
     )[0]
 
 
-def reference_key(
+def sketch_key(
     commit: str, input_set_id: str, max_tokens: int, seed: int, dtype: str = DEFAULT_DTYPE
 ) -> str:
     identity = [commit, input_set_id, max_tokens, seed]
@@ -526,7 +538,7 @@ def build_plan(
     contexts = analysis_contexts(spec)
     input_sets: dict[str, dict[str, MaterializedInputSet]] = {}
     units: list[Unit] = []
-    references: dict[str, ReferenceSpec] = {}
+    sketches: dict[str, SketchRequest] = {}
 
     layouts = weight_layouts(spec, refs, commits, hub_dir)
     model_configs: dict[str, dict] = {}
@@ -576,7 +588,7 @@ def build_plan(
             except Exception as err:  # this checkpoint fails; the model's next one may serve
                 model_configs.pop(ref.model, None)
                 reason = err.reason if isinstance(err, CheckpointError) else str(err)
-                first = (reason.strip().splitlines() or [type(err).__name__])[0]
+                first = one_line(reason, first=True) or type(err).__name__
                 if unit.error is None:
                     unit.commit, unit.error, unit.layout = None, f"tokenizer: {first}", None
         for entry in spec.analyses:
@@ -613,17 +625,17 @@ def build_plan(
                 sketch = None
                 commit_of_reference = resolved_params.get("reference_commit")
                 if reference is not None and commit_of_reference and input_set_id:
-                    sketch = reference_key(
+                    sketch = sketch_key(
                         commit_of_reference, input_set_id, params.max_tokens, params.seed, dtype
                     )
-                    references[sketch] = ReferenceSpec(
+                    sketches[sketch] = SketchRequest(
                         sketch,
-                        reference,
-                        commit_of_reference,
                         name,
                         input_set_id,
                         params.max_tokens,
                         params.seed,
+                        checkpoint=reference,
+                        commit=commit_of_reference,
                     )
                 unit.cells.append(
                     Cell(
@@ -653,14 +665,14 @@ def build_plan(
     for unit in units:
         unit.missing = [c for c in unit.cells if c.key is None or c.key not in done]
     require_cached_weights([u for u in units if u.missing], hub_dir)
-    needed = {c.reference_key for u in units for c in u.missing if c.reference_key}
-    references = {k: v for k, v in references.items() if k in needed}
+    needed = {c.sketch_key for u in units for c in u.missing if c.sketch_key}
+    sketches = {k: v for k, v in sketches.items() if k in needed}
     plugins = [code for entry in spec.plugins if (code := loaded_code(entry)) is not None]
     return Plan(
         spec,
         units,
         input_sets,
-        references,
+        sketches,
         reference_errors,
         model_configs,
         plugins,

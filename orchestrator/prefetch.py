@@ -8,7 +8,12 @@ shared one link. While units compute, the queue downloads the units they take ne
 of them within the disk budget. Downloads whose units are done are evicted, oldest first,
 once the budget is exceeded; eviction only ever touches ckptlab's own hub cache
 (``$CKPTLAB_HOME/hub``, never a user's ``HF_HUB_CACHE``), never a checkpoint still in use,
-and never one that was in the cache before the queue downloaded it."""
+and never one that was in the cache before the queue downloaded it.
+
+Owns: ``DownloadQueue`` (its order, one download at a time, the disk budget, eviction) and
+``Wanted``. Must not: evict from a cache ckptlab does not own (``managed_cache``), a checkpoint
+in use or one cached before it came, or load a model.
+"""
 
 from __future__ import annotations
 

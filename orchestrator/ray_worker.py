@@ -1,5 +1,10 @@
 """The Ray actors: the workers that run units, and each node's download queue; import only
-where Ray is wanted."""
+where Ray is wanted.
+
+Owns: the two actor classes and a worker's GPU memory fraction. Must not: be imported before Ray
+is wanted (it imports Ray at module level; ``executors.py`` imports it inside the Ray executor),
+or hold a unit's logic (``worker.run_unit`` does).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from ckptlab.orchestrator.prefetch import (
     snapshot_complete,
     wanted,
 )
-from ckptlab.orchestrator.worker import UnitResult, UnitTask, pick_device, run_unit
+from ckptlab.orchestrator.unit import UnitResult, UnitTask
+from ckptlab.orchestrator.worker import pick_device, run_unit
 
 
 def limit_gpu_memory(gib: float) -> None:

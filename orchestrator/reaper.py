@@ -5,6 +5,10 @@ with the driver, but its dashboard and runtime-env agents outlive it.
 Started by the driver as a detached process (``start_reaper``); it records the driver's
 descendants every half second and, once the driver is gone, stops every recorded process
 still alive (matched by creation time, so a reused pid is never touched).
+
+Owns: ``start_reaper`` and ``watch``. Must not: stop a process it did not record as the driver's
+descendant (a pid counts with its creation time), or import another ckptlab module (it runs
+alone, as ``python -m ckptlab.orchestrator.reaper``).
 """
 
 from __future__ import annotations

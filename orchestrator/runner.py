@@ -2,6 +2,12 @@
 
 plan (skip cells already stored) -> run units on an executor -> persist each unit's rows in one
 transaction (its cell rows mark it done) -> log to MLflow -> summary.
+
+Owns: ``run_plan`` and ``_Lifecycle``: the run's rows and each unit's in the results database
+(the single writer), the reference sketches on disk, the MLflow runs, the progress shown and the
+summary. Must not: decide where a unit runs (``executors.py``), load a model or run an analysis
+(``worker.py``), or import torch or Ray at module level (a ``run`` with nothing to do imports
+neither).
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from rich.text import Text
 
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import code_version
+from ckptlab.errors import one_line
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage, Value
 from ckptlab.orchestrator.executors import Executor
 from ckptlab.orchestrator.placement import unit_bytes
-from ckptlab.orchestrator.plan import Plan, Unit, build_plan
+from ckptlab.orchestrator.plan import Plan, SketchRequest, Unit, build_plan
 from ckptlab.orchestrator.prefetch import wanted
 from ckptlab.orchestrator.sketches import (
     cached_sketches,
@@ -41,7 +48,7 @@ from ckptlab.orchestrator.sketches import (
     sketch_path,
     sketch_requests,
 )
-from ckptlab.orchestrator.worker import SketchRequest, UnitResult, UnitTask, failure_rows
+from ckptlab.orchestrator.unit import UnitResult, UnitTask, failure_rows
 from ckptlab.results import ResultsBusy, ResultStore
 from ckptlab.rows import CheckpointRow, FailureRow, UnitRow
 from ckptlab.spec import Spec
@@ -152,19 +159,11 @@ def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointR
 
 
 def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
-    message = f"worker: {type(err).__name__}: {_readable(err)}"
+    message = f"worker: {one_line(err)}"
     result = UnitResult(task.checkpoint, task.commit)
     result.failures = failure_rows(task.checkpoint, task.commit, task.cells, message)
     result.sketch_errors = {r.key: message for r in task.sketches}
     return result
-
-
-def _readable(err: Exception, limit: int = 400) -> str:
-    """Ray's error text on one line, without the worker's traceback and generic advice."""
-    text = " ".join(str(err).split())
-    for tail in (" Traceback (most recent call last)", " Some common causes include"):
-        text = text.split(tail)[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cached_values(store: ResultStore, plan: Plan) -> dict[str, list[tuple]]:
@@ -270,7 +269,7 @@ class _Lifecycle:
         for key, values in keyed_values.items():
             cell = self.cells_by_key[key]
             rows += [
-                Value(cell.label, cell.analysis, metric, layer, cell.input_set, value, *facets)
+                Value(cell.entry_key, cell.analysis, metric, layer, cell.input_set, value, *facets)
                 for layer, metric, value, *facets in values
             ]
         if rows:
@@ -289,8 +288,8 @@ class _Lifecycle:
     def copy_duplicate(self, unit: Unit, source: Unit) -> tuple[int, list[FailureRow]]:
         """A whole duplicate's missing cells, copied from the same cells of the revision with
         the same weights (stored by now, or failed there). Returns (cells copied, failures)."""
-        same = {(c.label, c.input_set): c.key for c in source.cells}
-        pairs = [(c.key, same[(c.label, c.input_set)]) for c in unit.missing]
+        same = {(c.entry_key, c.input_set): c.key for c in source.cells}
+        pairs = [(c.key, same[(c.entry_key, c.input_set)]) for c in unit.missing]
         copied = self.store.copy_cells(
             self.run_id, _checkpoint_row(unit), source.checkpoint.revision, pairs
         )

@@ -5,6 +5,10 @@ input set. It is gathered by the same streamed pass as every analysis: the refer
 checkpoint's own unit carries a SketchRequest, runs first, and hands the sketch back; the
 driver caches it (``$CKPTLAB_HOME/sketches/<key>.safetensors``) and shares it with every
 other unit. A later run that adds checkpoints reads the cached sketch.
+
+Owns: the sketch files (written whole or not at all) and which requests are still to make. Must
+not: take a sketch (a unit's pass does, ``input_set_pass.py``), or import safetensors at module
+level.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptlab.analyses.capture import ReferenceSketch
-from ckptlab.orchestrator.plan import CheckpointRef, Plan
-from ckptlab.orchestrator.worker import SketchRequest
+from ckptlab.orchestrator.plan import CheckpointRef, Plan, SketchRequest
 
 
 def sketch_path(sketch_dir: Path, key: str) -> Path:
@@ -47,7 +50,7 @@ def load_sketch(path: Path) -> ReferenceSketch:
 def cached_sketches(plan: Plan, sketch_dir: Path) -> dict[str, ReferenceSketch]:
     return {
         key: load_sketch(sketch_path(sketch_dir, key))
-        for key in plan.references
+        for key in plan.sketches
         if sketch_path(sketch_dir, key).exists()
     }
 
@@ -55,11 +58,7 @@ def cached_sketches(plan: Plan, sketch_dir: Path) -> dict[str, ReferenceSketch]:
 def sketch_requests(plan: Plan, have: dict) -> dict[CheckpointRef, list[SketchRequest]]:
     """The sketches still to make, by the reference checkpoint whose pass makes them."""
     requests: dict[CheckpointRef, list[SketchRequest]] = {}
-    for key, reference in plan.references.items():
-        if key in have:
-            continue
-        request = SketchRequest(
-            key, reference.input_set, reference.input_set_id, reference.max_tokens, reference.seed
-        )
-        requests.setdefault(reference.checkpoint, []).append(request)
+    for key, request in plan.sketches.items():
+        if key not in have:
+            requests.setdefault(request.checkpoint, []).append(request)
     return requests

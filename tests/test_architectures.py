@@ -35,7 +35,8 @@ from ckptlab.architectures import TABLE, table_is_known
 from ckptlab.hub import content_commit_id, load_model
 from ckptlab.orchestrator.forward import capture_forward
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
-from ckptlab.orchestrator.worker import UnitTask, run_unit
+from ckptlab.orchestrator.unit import UnitTask
+from ckptlab.orchestrator.worker import run_unit
 
 from reference import gram_mean_pairwise_cosine, naive_linearity, naive_singular_entropy
 

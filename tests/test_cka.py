@@ -77,7 +77,7 @@ def cka_run(tmp_path_factory, pico_hub, ray_session):
 def test_reference_is_one_and_values_equal_an_independent_recomputation(cka_run, pico_hub):
     db, _, plan, summary = cka_run
     assert summary.cells_failed == 0, summary.failures
-    assert len(plan.references) == 2  # one sketch per model (same input set), computed once
+    assert len(plan.sketches) == 2  # one sketch per model (same input set), computed once
     store = ResultStore(db)
     rows = store.query("SELECT model, step, layer, value, params_json FROM results")
     assert rows.height == 2 * 3 * 3  # models x steps x layers 0..2
@@ -115,7 +115,7 @@ def test_reference_is_one_and_values_equal_an_independent_recomputation(cka_run,
 def test_new_checkpoints_reuse_the_cached_sketch(cka_run, pico_hub, ckptlab_home):
     db, uri, plan, _ = cka_run
     sketches = {p: p.stat().st_mtime_ns for p in (ckptlab_home / "sketches").glob("*.safetensors")}
-    assert {p.stem for p in sketches} >= set(plan.references)
+    assert {p.stem for p in sketches} >= set(plan.sketches)
     more = {**SPEC, "models": [{"suite": "pico", "sizes": ["xs"], "steps": [0, 4, 32, 100]}]}
     plan2, summary = run(more, db, uri, pico_hub)
     assert [u.checkpoint.step for u in plan2.todo] == [4]

@@ -9,7 +9,7 @@ from test_plugins import run_inline
 
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.keys import cell_identity
-from ckptlab.orchestrator.plan import DEFAULT_DTYPE, cell_key, reference_key
+from ckptlab.orchestrator.plan import DEFAULT_DTYPE, cell_key, sketch_key
 from ckptlab.results import ResultStore
 from ckptlab.rows import CellRow, CheckpointRow, MetricRow
 
@@ -26,7 +26,7 @@ def test_float32_keys_are_unchanged_and_other_dtypes_are_new_cells():
     before = cell_key("c" * 40, saturation, "{}", "inputs")  # what stored cells were keyed by
     assert cell_key("c" * 40, saturation, "{}", "inputs", DEFAULT_DTYPE) == before
     assert cell_key("c" * 40, saturation, "{}", "inputs", "bfloat16") != before
-    assert reference_key("c" * 40, "i", 8, 0, "bfloat16") != reference_key("c" * 40, "i", 8, 0)
+    assert sketch_key("c" * 40, "i", 8, 0, "bfloat16") != sketch_key("c" * 40, "i", 8, 0)
 
 
 def test_a_bf16_rerun_computes_its_own_cells(pico_hub, tmp_path):

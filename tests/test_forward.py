@@ -10,6 +10,7 @@ import pytest
 import torch
 from huggingface_hub import snapshot_download
 
+import ckptlab.orchestrator.input_set_pass as pass_module
 import ckptlab.orchestrator.worker as worker_module
 from ckptlab import architectures
 from ckptlab.analyses.capture import Unavailable
@@ -19,7 +20,8 @@ from ckptlab.architectures import LogitOp
 from ckptlab.hub import load_model, load_tokenizer
 from ckptlab.orchestrator.forward import capture_forward, final_norm_module
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
-from ckptlab.orchestrator.worker import UnitTask, run_unit
+from ckptlab.orchestrator.unit import UnitTask
+from ckptlab.orchestrator.worker import run_unit
 
 from reference import naive_cross_entropy
 
@@ -92,7 +94,7 @@ def test_the_readout_self_check_passes_and_catches_a_small_error(pico_s, monkeyp
 
 def test_a_unit_loads_once_and_runs_one_pass_per_input_set(pico_hub, monkeypatch):
     loads, passes = [], []
-    real_load, real_stream = worker_module.load_model, worker_module.stream_forward
+    real_load, real_stream = worker_module.load_model, pass_module.stream_forward
     monkeypatch.setattr(
         worker_module, "load_model", lambda *a, **k: loads.append(1) or real_load(*a, **k)
     )
@@ -101,7 +103,7 @@ def test_a_unit_loads_once_and_runs_one_pass_per_input_set(pico_hub, monkeypatch
         passes.append((tokens is not None, frozenset(needs)))
         return real_stream(model, tokens, needs, *args)
 
-    monkeypatch.setattr(worker_module, "stream_forward", counting_stream)
+    monkeypatch.setattr(pass_module, "stream_forward", counting_stream)
     folder = snapshot_download(
         "pico/pico-xs", revision="step4", cache_dir=pico_hub, local_files_only=True
     )

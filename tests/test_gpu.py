@@ -8,7 +8,8 @@ import pytest
 from huggingface_hub import snapshot_download
 
 from ckptlab.orchestrator.plan import Cell, CheckpointRef
-from ckptlab.orchestrator.worker import UnitTask, pick_device, run_unit
+from ckptlab.orchestrator.unit import UnitTask
+from ckptlab.orchestrator.worker import pick_device, run_unit
 
 pytestmark = pytest.mark.gpu
 

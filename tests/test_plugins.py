@@ -20,6 +20,7 @@ import torch
 import yaml
 from rich.console import Console
 
+import ckptlab.orchestrator.input_set_pass as input_set_pass
 import ckptlab.orchestrator.worker as worker
 from ckptlab.hub import fetch_snapshot, load_model
 from ckptlab.orchestrator.executors import InlineExecutor
@@ -42,7 +43,7 @@ class Counts:
 
     def __init__(self, monkeypatch):
         self.loads, self.passes = 0, []
-        load, stream = worker.load_checkpoint, worker.stream_forward
+        load, stream = worker.load_checkpoint, input_set_pass.stream_forward
 
         def counted_load(*args, **kwargs):
             self.loads += 1
@@ -53,7 +54,7 @@ class Counts:
             yield from stream(model, tokens, needs, batch_size)
 
         monkeypatch.setattr(worker, "load_checkpoint", counted_load)
-        monkeypatch.setattr(worker, "stream_forward", counted_stream)
+        monkeypatch.setattr(input_set_pass, "stream_forward", counted_stream)
 
 
 def run_inline(spec: dict, root: Path, hub: Path, folder: Path | None = None):

@@ -64,7 +64,7 @@ def cells(db: Path) -> list[tuple]:
 def test_a_spec_folder_runs_from_anywhere_and_keeps_its_cells_when_moved(
     tmp_path, pico_hub, monkeypatch
 ):
-    spec = make_project(tmp_path / "project")
+    make_project(tmp_path / "project")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict
 from ckptlab.analyses.capture import Batch, ReferenceSketch, sample_positions
 from ckptlab.analyses.linearity import PairQR, linearity_score
 from ckptlab.analyses.registry import _REGISTRY, MetricValue, Need, Reducer, analysis
-from ckptlab.orchestrator.plan import Cell, CheckpointRef
-from ckptlab.orchestrator.worker import SketchRequest, UnitTask, run_unit
+from ckptlab.orchestrator.plan import Cell, CheckpointRef, SketchRequest
+from ckptlab.orchestrator.unit import UnitTask
+from ckptlab.orchestrator.worker import run_unit
 
 from reference import naive_linearity
 
@@ -60,8 +61,8 @@ def unit(checkpoint, pico_hub, cells, batch_size, tokens, sketches=(), reference
     return run_unit(task, "cpu", references)
 
 
-def cell(name: str, params: str, reference_key: str | None = None) -> Cell:
-    return Cell(f"key-{name}", name, name, 1, params, "h", "set", "set-id", reference_key)
+def cell(name: str, params: str, sketch_key: str | None = None) -> Cell:
+    return Cell(f"key-{name}", name, name, 1, params, "h", "set", "set-id", sketch_key)
 
 
 def rows_by_cell(result) -> dict[str, dict[tuple, float]]:

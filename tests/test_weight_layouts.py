@@ -387,7 +387,7 @@ def test_a_reference_checkpoint_runs_whatever_the_duplicate_policy(planned, monk
     }
     plan = build_plan(parse_spec(spec), home / "hub", lambda keys: set())
     units = {u.checkpoint.revision: u for u in plan.units}
-    assert {r.checkpoint.revision for r in plan.references.values()} == {"step100"}
+    assert {r.checkpoint.revision for r in plan.sketches.values()} == {"step100"}
     assert units["step100"].duplicate_of is None
     assert "loading.duplicates" not in (units["step100"].error or "")
     if policy == "skip":

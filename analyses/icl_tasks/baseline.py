@@ -6,6 +6,9 @@ so the baseline sees exactly what the model sees; a bag of words is blind to a b
 vocabulary, which is why tau_PA is compared with it. With no demonstrations the baseline has
 nothing to learn from and predicts a seeded uniform choice among the candidates; with
 demonstrations of a single label it predicts that label.
+
+Owns: ``bow_predict``. Must not: import scikit-learn at module level (1.8 s: a ``LazyModule``),
+or see anything the model does not.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Small on purpose: enough items for a 2/3 : 1/3 demonstration-pool / test split a
 words that a tiny model's tokenizer can spell. Classification sets have natural label words and,
 for label-memo tasks, a keyword, a synonym and (where one exists) an antonym of each label.
 Function tasks map a word to a word; those whose outputs are also inputs compose (m-fold).
+
+Owns: the built-in tasks' words and pairs. Must not: import anything (plain data), or change
+lightly: the data is fingerprinted into every ``icl`` cell key that uses it, and pico's training
+mixture (``ckptlab/pico/icl_mixture.py``) reads it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ candidate and only the label tokens ``c[:-1]`` are run, with an attention mask t
 prompt's padding and position ids that continue from the prompt's true length. Before this,
 each multi-token candidate re-read the whole prompt (6 candidates: 6 prompt passes). The LM
 head is applied only at the read positions.
+
+Owns: ``score_candidates``. Must not: build prompts or choose candidates (``tasks.py``), or
+import torch at module level (``ckptlab.lazy``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Variants (Li, Hou, Sachan, Cotterell, ACL 2024):
   antonym. Their inputs are the few label words, so pool and test share them.
 - ``compose: m``: the task's function applied m times (synonym of synonym ...); only for tasks
   whose outputs are inputs too.
+
+Owns: ``TaskSpec`` and its data sources, the variants, the pool / test split and
+``make_prompts``. Must not: draw from an unseeded generator (``ckptlab prompts`` rebuilds a
+run's prompts exactly), or import torch or transformers: the tokenizer is passed in.
 """
 
 from __future__ import annotations

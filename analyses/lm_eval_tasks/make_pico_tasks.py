@@ -8,6 +8,10 @@ an assignment makes certain (cloze). Every item is built here from the templates
 below with a fixed seed; none is copied from the training corpus.
 
     python -m ckptlab.analyses.lm_eval_tasks.make_pico_tasks
+
+Owns: the tasks' templates, word lists and seed. Must not: copy an item from the training
+corpus, or change without regenerating the committed JSONL files (a test holds them equal to its
+output).
 """
 
 from __future__ import annotations

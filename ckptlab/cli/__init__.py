@@ -1,8 +1,12 @@
-"""``ckptlab``: validate, plan, run, submit, jobs, query, prompts, analyses, pico build,
-report, export.
+"""``ckptlab``: validate, schema, plan, run, submit, jobs, query, prompts, sync, analyses,
+suites, pico build, report, export.
 
-Each module registers its commands on the one typer app of ``ckptlab.cli.app``, in the order
-of these imports, which is the order ``ckptlab --help`` lists them.
+Each module registers its commands on the one typer app of ``ckptlab.cli.app``, in the order of
+these imports, which is the order ``ckptlab --help`` lists them.
+
+Owns: which command modules there are, and the script's quick end (``script``). Must not: import
+``orchestrator/``, the results store or anything heavy at module level: each command imports
+what it needs when it runs (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations

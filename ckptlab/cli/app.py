@@ -4,6 +4,11 @@ Exit codes, the same for every command (docs/cli.md, "Exit codes"): 0 ok; 1 the 
 something failed (cells failed, the results file busy, a cluster or job problem, a query
 refused or failing); 2 bad input (a bad spec, option or argument, a usage error); 130
 interrupted (Ctrl-C).
+
+Owns: the typer app, the consoles, the shared options, ``fail`` (one line on stderr and the exit
+code), reading a command's spec (``load``) and the defaults of ``--db`` and ``--tracking-uri``.
+Must not: import ``orchestrator/``, ``ckptlab.results`` or anything heavy at module level
+(``plan_of`` imports them when called): every command module imports this one.
 """
 
 from __future__ import annotations

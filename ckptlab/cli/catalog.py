@@ -1,5 +1,10 @@
 """``ckptlab analyses``, ``suites`` and ``pico build``: what ckptlab knows and the suite it
-makes."""
+makes.
+
+Owns: those commands' options, tables and ``--json`` shapes. Must not: import ``ckptlab.pico``
+at module level (torch and transformers; only ``pico build`` needs it), or train and publish
+checkpoints itself (``ckptlab/pico/build.py`` does).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``ckptlab export``: stored results in other tools' formats."""
+"""``ckptlab export``: stored results in other tools' formats.
+
+Owns: the command's options and messages. Must not: select or shape rows
+(``ckptlab/lm_eval_export.py`` does), or import it or the results store at module level.
+"""
 
 from __future__ import annotations
 

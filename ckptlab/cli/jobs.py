@@ -1,11 +1,15 @@
-"""``ckptlab submit`` and ``ckptlab jobs list|status|logs|stop``: runs as Ray Jobs."""
+"""``ckptlab submit`` and ``ckptlab jobs list|status|logs|stop``: runs as Ray Jobs.
+
+Owns: those commands' options, messages and exit codes (``--wait`` and ``logs --follow`` exit
+with the job's status). Must not: import Ray or ``orchestrator/jobs.py`` at module level, or
+stage the spec's files and code itself (``orchestrator/jobs.py`` does).
+"""
 
 from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +25,7 @@ from ckptlab.cli.app import (
     fail,
     load,
 )
+from ckptlab.errors import one_line
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Ray Jobs that `ckptlab submit` started.")
 app.add_typer(jobs_app, name="jobs")
@@ -66,7 +71,7 @@ def _info(jobs, job_id: str):
 def _follow_and_exit(jobs, job_id: str) -> None:
     import aiohttp
 
-    from ckptlab.orchestrator.jobs import exit_code, first_line, follow, status_of
+    from ckptlab.orchestrator.jobs import exit_code, follow, status_of
 
     _info(jobs, job_id)  # an unknown id is one line, not a failed handshake
 
@@ -87,7 +92,8 @@ def _follow_and_exit(jobs, job_id: str) -> None:
         ) from None
     info = _info(jobs, job_id)
     code = exit_code(info)
-    message = f" ({first_line(info.message)})" if code and info.message else ""
+    # Ray's message for a failed job ends with its last 20,000 characters of logs.
+    message = f" ({one_line(info.message, first=True)})" if code and info.message else ""
     (console if code == 0 else err_console).print(
         f"job {job_id}: {status_of(info)}{message}", highlight=False, soft_wrap=True
     )
@@ -220,12 +226,12 @@ def jobs_list(
 @jobs_app.command("status")
 def jobs_status(job_id: JobId, address: JobsAddress = None) -> None:
     """A job's status and message (exit code 0 once it succeeded, 1 when it failed)."""
-    from ckptlab.orchestrator.jobs import TERMINAL, exit_code, first_line, status_of
+    from ckptlab.orchestrator.jobs import TERMINAL, exit_code, status_of
 
     info = _info(_client(address), job_id)
     console.print(f"{job_id}: {status_of(info)}", highlight=False)
     if info.message:
-        console.print(f"  {first_line(info.message)}", highlight=False, soft_wrap=True)
+        console.print(f"  {one_line(info.message, first=True)}", highlight=False, soft_wrap=True)
     if status_of(info) in TERMINAL:
         raise typer.Exit(exit_code(info))
 

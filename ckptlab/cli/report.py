@@ -1,4 +1,9 @@
-"""``ckptlab report``: figures and one self-contained HTML page from the results DB."""
+"""``ckptlab report``: figures and one self-contained HTML page from the results DB.
+
+Owns: the command's options, which spec or run is meant, and the default output folder. Must
+not: select, compute or draw anything itself (``ckptlab/report/``), or import the report package
+or the results store at module level.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ckptlab.cli.app import DbOption, app, console, db_of, fail
+from ckptlab.errors import one_line
 
 
 def _spec_name(spec: str) -> tuple[str, Path | None]:
@@ -21,7 +27,7 @@ def _spec_name(spec: str) -> tuple[str, Path | None]:
         try:
             document = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as err:
-            raise fail(f"{spec}: {str(err).splitlines()[0]}", 2) from None
+            raise fail(f"{spec}: {one_line(str(err), first=True)}", 2) from None
         name = document.get("name") if isinstance(document, dict) else None
         if not isinstance(name, str):
             raise fail(f"{spec}: the spec has no name", 2)

@@ -1,4 +1,10 @@
-"""``ckptlab query`` and ``prompts``: reading what runs stored."""
+"""``ckptlab query``, ``prompts`` and ``sync``: reading what runs stored, and logging it to
+MLflow later.
+
+Owns: those commands' options, output formats and messages. Must not: write to the results
+database (``query`` is read-only; ``sync``'s one write is ``ckptlab/sync.py``'s), or import
+DuckDB, the results store, ``icl_replay`` or ``sync`` at module level.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from ckptlab.cli.app import DbOption, app, console, db_of, fail, hub_cache_dir, redacted
+from ckptlab.errors import one_line
 
 
 class Format(StrEnum):
@@ -44,7 +51,7 @@ def query(
     except (FileNotFoundError, QueryRefused, ResultsBusy) as err:
         raise fail(str(err), 1) from None
     except duckdb.Error as err:
-        raise fail(str(err).splitlines()[0], 1) from None
+        raise fail(one_line(str(err), first=True), 1) from None
     except KeyboardInterrupt:  # the store's reader turns DuckDB's form of it into this
         raise fail("interrupted", 130) from None
     if format == Format.parquet:

@@ -1,4 +1,11 @@
-"""``ckptlab validate``, ``schema``, ``plan`` and ``run``."""
+"""``ckptlab validate``, ``schema``, ``plan`` and ``run``.
+
+Owns: those commands' options, the plan's and the run's ``--json`` shapes, the spec's JSON
+schema, the choice of executor and a run's exit code. Must not: import ``orchestrator/``, the
+results store or anything heavy at module level (``validate``, ``plan`` and a ``run`` with
+nothing to do import no torch: tests/test_cli_imports.py), or write results itself
+(``orchestrator/runner.py`` does).
+"""
 
 from __future__ import annotations
 

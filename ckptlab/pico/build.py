@@ -4,6 +4,10 @@ checkpointed on a Pythia-like schedule and published as ``step<N>`` revisions of
 
 Everything is seeded: the same machine, versions and arguments give the same weights and so
 the same commit ids.
+
+Owns: ``PICO_SIZES``, the training recipe and its seeds, and ``BUILD_VERSION``. Must not:
+publish anywhere but the hub cache it is given, or change the training data or recipe without
+bumping ``BUILD_VERSION``.
 """
 
 from __future__ import annotations

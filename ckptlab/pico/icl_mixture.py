@@ -16,6 +16,10 @@ and with or without a curriculum of repeated token segments, pico-s's retrieval 
 once averaged over label seeds (the segments taught periodic copying, not content matching).
 With 8 rows of the family, pico-m's ``category`` accuracy from step 600 on is 0.44 zero-shot
 and 0.81 / 0.94 / 0.98 with 1 / 2 / 8 demonstrations (chance 1/6).
+
+Owns: the ICL rows in pico's training data (``icl_sequences``, ``task_family_sequences``). Must
+not: put a built-in task's answer in a random mapping, or change without bumping
+``build.BUILD_VERSION`` (new rows, new weights).
 """
 
 from __future__ import annotations

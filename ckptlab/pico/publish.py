@@ -4,6 +4,10 @@ The layout is the one ``snapshot_download`` and ``from_pretrained`` resolve offl
 ``models--ORG--NAME/refs/<revision>`` holds a 40-hex commit id (no trailing newline: one breaks
 snapshot_download) and ``snapshots/<commit>/`` holds the files. The commit id is a content hash
 of the files, so identical payloads get identical ids.
+
+Owns: writing a revision in the hub cache's layout (``publish_revision``) and listing the
+published ones. Must not: write to a remote hub, or write a revision's ref before its files are
+complete.
 """
 
 from __future__ import annotations

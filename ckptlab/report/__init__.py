@@ -25,6 +25,10 @@ Importing this package imports polars, not matplotlib or Jinja2 (``ckptlab repor
 stays quick). The names below are re-exported for reading and calling; a test that changes a
 constant or replaces a function sets it on the module that owns and uses it (e.g.
 ``ckptlab.report.figures.TABLE_COLUMNS``), not here.
+
+Owns: the package's public names (re-exports only). Must not: import matplotlib or Jinja2 at
+import time, write to the results database (a report only reads it), or import
+``orchestrator/``.
 """
 
 from ckptlab.report.build import Report, build_report
