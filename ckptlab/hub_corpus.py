@@ -13,6 +13,7 @@ import fnmatch
 import json
 from pathlib import Path
 
+from ckptlab.errors import one_line
 from ckptlab.hub import hub_offline
 from ckptlab.spec import HubCorpus
 
@@ -59,9 +60,8 @@ def _listing(corpus: HubCorpus, cache_dir: Path, offline: bool) -> tuple[str, li
         info = api.dataset_info(corpus.repo, revision=corpus.revision)
         files = api.list_repo_files(corpus.repo, repo_type="dataset", revision=info.sha)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
         raise HubCorpusError(
-            f"dataset {corpus.repo}@{corpus.revision}: {type(err).__name__}: {first}"
+            f"dataset {corpus.repo}@{corpus.revision}: {one_line(err, first=True)}"
         ) from None
     return info.sha, files
 
@@ -121,7 +121,6 @@ def hub_documents(corpus: HubCorpus, cache_dir: Path) -> tuple[str, list[str]]:
         except KeyError:
             raise HubCorpusError(f"{filename}: no field {corpus.field!r}") from None
         except Exception as err:
-            first = (str(err).strip().splitlines() or [""])[0]
-            raise HubCorpusError(f"{filename}: {type(err).__name__}: {first}") from None
+            raise HubCorpusError(f"{filename}: {one_line(err, first=True)}") from None
     where = f"{corpus.config}/" if corpus.config else ""
     return f"hub:{corpus.repo}@{commit[:12]}/{where}{corpus.split}:{corpus.field}", texts

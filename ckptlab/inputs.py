@@ -76,10 +76,14 @@ def source_texts(input_set: InputSet, spec_folder: Path = Path(".")) -> tuple[st
         ) from None
 
 
-def materialize(input_set: InputSet, tokenizer, tokenizer_of: str) -> MaterializedInputSet:
+def materialize(
+    input_set: InputSet, tokenizer, tokenizer_of: str, spec_folder: Path = Path(".")
+) -> MaterializedInputSet:
     """Tokenize the corpus (documents joined by EOS), cut it into non-overlapping windows of
-    seq_len tokens and draw num_sequences of them with the input set's seed."""
-    return _materialize(input_set, *source_texts(input_set), tokenizer, tokenizer_of)
+    seq_len tokens and draw num_sequences of them with the input set's seed. A relative
+    ``file`` lies in ``spec_folder``."""
+    texts = source_texts(input_set, spec_folder)
+    return _materialize(input_set, *texts, tokenizer, tokenizer_of)
 
 
 def _materialize(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ckptlab.errors import one_line
 from ckptlab.spec import Spec
 
 PACKAGES = ("torch", "transformers", "huggingface-hub", "ray", "duckdb", "mlflow", "ckptlab")
@@ -188,8 +189,7 @@ def _guarded(method):
         try:
             return method(self, *args, **kwargs)
         except Exception as err:
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            self.pending = f"MLflow at {self.tracking_uri}: {type(err).__name__}: {first}"
+            self.pending = f"MLflow at {self.tracking_uri}: {one_line(err, 300, first=True)}"
             return None
 
     return wrapper
@@ -230,9 +230,8 @@ class Lineage:
             self.client = MlflowClient(tracking_uri=tracking_uri)
         except Exception as err:  # e.g. a scheme MLflow has no store for: the run goes on
             self.client = None
-            first = (str(err).strip().splitlines() or [""])[0][:200]
             self.pending = self.pending or (
-                f"MLflow at {tracking_uri}: {type(err).__name__}: {first}"
+                f"MLflow at {tracking_uri}: {one_line(err, 300, first=True)}"
             )
 
     @_guarded

@@ -147,8 +147,11 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path) -> StagedSpec:
         )
     for i, source in enumerate(spec.models):
         if isinstance(source, LocalModels):
+            # Not carried: named by its absolute path, which the job's folder cannot change.
+            folder = spec.resolve(source.path).absolute()
+            _set(data, ("models", i, "path"), str(folder))
             staged.notes.append(
-                f"models[{i}].path: checkpoint folders are not carried; {source.path} must "
+                f"models[{i}].path: checkpoint folders are not carried; {folder} must "
                 "exist at that path on the cluster's nodes (shared storage)"
             )
     (working_dir / staged.spec_file).write_text(yaml.safe_dump(data, sort_keys=False))

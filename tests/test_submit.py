@@ -89,6 +89,8 @@ def test_stage_spec_keeps_relative_paths_and_moves_outside_ones(project, tmp_pat
     assert (work / moved).read_text() == (tmp_path / "elsewhere.txt").read_text()
     assert any("outside" in note for note in staged_spec.notes)
     assert any("models[1].path: checkpoint folders are not carried" in n for n in staged_spec.notes)
+    # Not carried, so named by where it is: the job's folder is not the spec's.
+    assert data["models"][1]["path"] == str(root / "ckpts")
 
 
 def test_stage_code_is_the_installed_layout_and_shadows_any_install(tmp_path):
