@@ -16,22 +16,12 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from ckptlab.analyses.registry import get_analysis
 from ckptlab.code_version import code_version
@@ -42,12 +32,8 @@ from ckptlab.orchestrator.executors import Executor
 from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, SketchRequest, Unit, build_plan
 from ckptlab.orchestrator.prefetch import wanted
-from ckptlab.orchestrator.sketches import (
-    cached_sketches,
-    save_sketch,
-    sketch_path,
-    sketch_requests,
-)
+from ckptlab.orchestrator.progress import RunProgress
+from ckptlab.orchestrator.sketches import RunSketches, cached_sketches, sketch_requests
 from ckptlab.orchestrator.unit import UnitResult, UnitTask, failure_rows
 from ckptlab.results import ResultsBusy, ResultStore
 from ckptlab.rows import CheckpointRow, FailureRow, UnitRow
@@ -75,6 +61,16 @@ class RunSummary:
     @property
     def nothing_to_do(self) -> bool:
         return self.run_id is None
+
+    def count(self, task: UnitTask, result: UnitResult, twin: str | None) -> None:
+        """Add one finished unit; ``twin``: the earlier revision whose weights it repeats."""
+        label = task.checkpoint.label
+        self.cells_computed += len(result.cells)
+        self.cells_failed += len(result.failures)
+        self.metric_rows += len(result.metrics)
+        self.failures += [f"{label} {f.analysis}: {f.error}" for f in result.failures]
+        if twin:
+            self.duplicates.append(f"{label} = {twin}")
 
 
 def make_plan(
@@ -158,8 +154,11 @@ def _checkpoint_row(unit: Unit, result: UnitResult | None = None) -> CheckpointR
     )  # fmt: skip
 
 
-def _lost_unit(task: UnitTask, err: Exception) -> UnitResult:
-    message = f"worker: {one_line(err)}"
+def _result_of(task: UnitTask, outcome: UnitResult | Exception) -> UnitResult:
+    """What a unit gave back, or, for a unit whose worker was lost, its cells failed."""
+    if isinstance(outcome, UnitResult):
+        return outcome
+    message = f"worker: {one_line(outcome)}"
     result = UnitResult(task.checkpoint, task.commit)
     result.failures = failure_rows(task.checkpoint, task.commit, task.cells, message)
     result.sketch_errors = {r.key: message for r in task.sketches}
@@ -367,87 +366,29 @@ class _Lifecycle:
             )
 
 
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours:d}:{minutes:02d}:{secs:02d}"
+def _waves(
+    executor: Executor,
+    first: list[UnitTask],
+    later: list[Unit],
+    plan: Plan,
+    hub_dir: Path,
+    sketches: RunSketches,
+) -> Iterator[tuple[UnitTask, UnitResult | Exception]]:
+    """(task, outcome) of wave 1 (the units that make reference sketches), then of wave 2,
+    whose tasks are built only once wave 1 has said which sketches exist."""
+    yield from executor.run(first, references=sketches.found)
+    later_tasks = [_task(u, plan, hub_dir, sketches.errors) for u in later]
+    yield from executor.run(later_tasks, references=sketches.found)
 
 
-class _RunEta(TimeRemainingColumn):
-    """Time left at the run's average pace so far (elapsed / finished checkpoints). Rich's own
-    estimate divides by the gaps between recent finishes, which a pool of workers finishing
-    together makes far too short, and it needs two finishes to say anything."""
-
-    def render(self, task: Task) -> Text:
-        remaining = _remaining(task.elapsed, task.completed, task.total)
-        text = "-:--:--" if remaining is None else _clock(remaining)
-        return Text(text, style="progress.remaining")
-
-
-def _remaining(elapsed: float | None, done: float, total: float | None) -> float | None:
-    if total is not None and done >= total:
-        return 0.0
-    if not done or not elapsed or total is None:
-        return None
-    return elapsed * (total - done) / done
-
-
-class _RunProgress:
-    """A run's progress, by checkpoint (unit). Units run on remote workers and report only when
-    they finish, so there are no per-checkpoint bars: one bar advances per finished unit, with
-    the cells those units held and an ETA, redrawn in place on a terminal. Anywhere else (CI
-    logs, pipes, a Ray Job's log) nothing is redrawn: each finished unit's line carries the
-    counts and the ETA, and a last line the totals."""
-
-    def __init__(self, console: Console, name: str, units: int, cells: int):
-        self.console, self.name = console, name
-        self.units, self.cells = units, cells
-        self.units_done = self.cells_done = 0
-        self.live = console.is_terminal and not console.is_dumb_terminal
-        self.started = time.perf_counter()
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[counts]} · ETA"),
-            _RunEta(),
-            TextColumn("·"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not self.live,
-        )
-        self.bar = self.progress.add_task(name, total=units, counts=self.counts())
-
-    def counts(self) -> str:
-        return f"{self.units_done}/{self.units} checkpoints · {self.cells_done}/{self.cells} cells"
-
-    def __enter__(self) -> _RunProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-        if not self.live:  # the terminal keeps the finished bar; a log gets the totals
-            seconds = time.perf_counter() - self.started
-            self.console.print(
-                f"{self.name}: {self.counts()} in {seconds:.1f}s", highlight=False, soft_wrap=True
-            )
-
-    def print(self, line: str, **kwargs) -> None:
-        self.progress.console.print(line, soft_wrap=True, **kwargs)
-
-    def unit_done(self, cells: int, line: str) -> None:
-        """A unit finished (stored, failed or lost) with ``cells`` cells: its line, then the
-        bar."""
-        self.units_done += 1
-        self.cells_done += cells
-        self.progress.update(self.bar, advance=1, counts=self.counts())
-        if not self.live:
-            elapsed = time.perf_counter() - self.started
-            remaining = _remaining(elapsed, self.units_done, self.units)
-            eta = f", ETA {_clock(remaining)}" if remaining else ""
-            line += f"  ({self.units_done}/{self.units} checkpoints{eta})"
-        self.print(line)
+def _unit_line(task: UnitTask, result: UnitResult) -> str:
+    failed = len(result.failures) + len(result.sketch_errors)
+    state = "[green]ok[/green]" if not failed else f"[red]{failed} failed[/red]"
+    made = f", {len(result.sketches)} sketch(es)" if task.sketches else ""
+    return (
+        f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells{made}, "
+        f"{result.seconds:.2f}s on {result.device} {state}"
+    )
 
 
 def run_plan(
@@ -494,14 +435,13 @@ def run_plan(
         console.print(
             f"{executor.description}; {executor.pool_summary()}", highlight=False, soft_wrap=True
         )
-        references = cached_sketches(plan, sketch_dir)
-        requests = sketch_requests(plan, references)
-        reference_errors: dict[str, str] = {}
+        sketches = RunSketches(sketch_dir, cached_sketches(plan, sketch_dir))
+        requests = sketch_requests(plan, sketches.found)
         # A reference that cannot run (no weights, not cached, refused) makes no sketch: the
         # cells that read it fail with its reason; its own cells fail once, as unresolved.
         for ref in [r for r in requests if units[r].error is not None]:
             for request in requests.pop(ref):
-                reference_errors[request.key] = f"({ref.label}: {units[ref].error})"
+                sketches.errors[request.key] = f"({ref.label}: {units[ref].error})"
         # Wave 1: the units that make the missing reference sketches (a reference checkpoint
         # whose own cells are all stored still runs, for its sketch only). Wave 2: the rest,
         # built once wave 1 has said which sketches exist.
@@ -539,46 +479,20 @@ def run_plan(
 
             cells = sum(len(t.cells) for t in first) + sum(len(u.missing) for u in later + copies)
             count = len(first) + len(later) + len(copies)
-            with _RunProgress(console, plan.spec.name, count, cells) as progress:
-
-                def finished(task: UnitTask, outcome) -> None:
-                    result = (
-                        outcome if isinstance(outcome, UnitResult) else _lost_unit(task, outcome)
-                    )
-                    for key, sketch in result.sketches.items():
-                        save_sketch(sketch_path(sketch_dir, key), sketch)
-                        references[key] = sketch
-                    for key, error in result.sketch_errors.items():
-                        reference_errors[key] = f"({task.checkpoint.label}: {error})"
-                    if task.cells:
-                        twin = run.persist(units[task.checkpoint], result)
-                        if twin:
-                            progress.print(
-                                f"  [yellow]warning[/yellow] {task.checkpoint.label} has the "
-                                f"same weights as {twin} (flagged: checkpoints.duplicate_of)",
-                                highlight=False,
-                            )
-                            summary.duplicates.append(f"{task.checkpoint.label} = {twin}")
-                    summary.cells_computed += len(result.cells)
-                    summary.cells_failed += len(result.failures)
-                    summary.metric_rows += len(result.metrics)
-                    summary.failures += [
-                        f"{task.checkpoint.label} {f.analysis}: {f.error}" for f in result.failures
-                    ]
-                    failed = len(result.failures) + len(result.sketch_errors)
-                    state = "[green]ok[/green]" if not failed else f"[red]{failed} failed[/red]"
-                    made = f", {len(result.sketches)} sketch(es)" if task.sketches else ""
-                    progress.unit_done(
-                        len(task.cells),
-                        f"  {task.checkpoint.label}: {len(result.cells)}/{len(task.cells)} cells"
-                        f"{made}, {result.seconds:.2f}s on {result.device} {state}",
-                    )
-
-                for task, outcome in executor.run(first, references=references):
-                    finished(task, outcome)
-                tasks = [_task(u, plan, hub_dir, reference_errors) for u in later]
-                for task, outcome in executor.run(tasks, references=references):
-                    finished(task, outcome)
+            with RunProgress(console, plan.spec.name, count, cells) as progress:
+                waves = _waves(executor, first, later, plan, hub_dir, sketches)
+                for task, outcome in waves:
+                    result = _result_of(task, outcome)
+                    sketches.take(task, result)
+                    twin = run.persist(units[task.checkpoint], result) if task.cells else None
+                    summary.count(task, result, twin)
+                    if twin:
+                        progress.print(
+                            f"  [yellow]warning[/yellow] {task.checkpoint.label} has the same "
+                            f"weights as {twin} (flagged: checkpoints.duplicate_of)",
+                            highlight=False,
+                        )
+                    progress.unit_done(len(task.cells), _unit_line(task, result))
                 # Last, once the revisions they repeat are stored: no download, no compute.
                 for unit in copies:
                     source = units[unit.duplicate_of]

@@ -13,10 +13,12 @@ level.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.orchestrator.plan import CheckpointRef, Plan, SketchRequest
+from ckptlab.orchestrator.unit import UnitResult, UnitTask
 
 
 def sketch_path(sketch_dir: Path, key: str) -> Path:
@@ -62,3 +64,20 @@ def sketch_requests(plan: Plan, have: dict) -> dict[CheckpointRef, list[SketchRe
         if key not in have:
             requests.setdefault(request.checkpoint, []).append(request)
     return requests
+
+
+@dataclass
+class RunSketches:
+    """One run's reference sketches: those found cached, those its units made (saved as they
+    arrive), and why any is missing (by sketch key: what the cells that read it fail with)."""
+
+    folder: Path
+    found: dict[str, ReferenceSketch]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def take(self, task: UnitTask, result: UnitResult) -> None:
+        for key, sketch in result.sketches.items():
+            save_sketch(sketch_path(self.folder, key), sketch)
+            self.found[key] = sketch
+        for key, error in result.sketch_errors.items():
+            self.errors[key] = f"({task.checkpoint.label}: {error})"

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import ckptlab
 from ckptlab.cli import app
 from ckptlab.code_version import code_version
-from ckptlab.orchestrator.runner import _remaining, _RunProgress
+from ckptlab.orchestrator.progress import RunProgress, remaining_time
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_progress_in_a_log_ends_with_every_checkpoint_and_cell(polish):
 def test_progress_on_a_terminal_is_one_bar_that_reaches_the_total():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=150, color_system=None)
-    with _RunProgress(console, "sweep", 3, 12) as progress:
+    with RunProgress(console, "sweep", 3, 12) as progress:
         for step in (0, 1, 2):
             progress.unit_done(4, f"  m@step{step}: 4/4 cells, 0.10s on cpu ok")
         assert len(progress.progress.tasks) == 1  # no per-checkpoint bars
@@ -107,10 +107,10 @@ def test_progress_on_a_terminal_is_one_bar_that_reaches_the_total():
 
 
 def test_eta_is_the_average_pace_so_far():
-    assert _remaining(None, 0, 10) is None
-    assert _remaining(30.0, 0, 10) is None  # nothing finished: unknown
-    assert _remaining(30.0, 3, 12) == pytest.approx(90.0)
-    assert _remaining(30.0, 12, 12) == 0.0
+    assert remaining_time(None, 0, 10) is None
+    assert remaining_time(30.0, 0, 10) is None  # nothing finished: unknown
+    assert remaining_time(30.0, 3, 12) == pytest.approx(90.0)
+    assert remaining_time(30.0, 12, 12) == 0.0
 
 
 # ------------------------------------------------------------------------ --json output
