@@ -75,8 +75,9 @@ def one(args) -> dict:
     from ckptlab.analyses.capture import ReferenceSketch, sample_positions, sketch_hidden_states
     from ckptlab.analyses.registry import get_analysis
     from ckptlab.hub import content_commit_id, load_model, load_tokenizer
+    from ckptlab.orchestrator.checkpoints import CheckpointRef
     from ckptlab.orchestrator.forward import capture_forward
-    from ckptlab.orchestrator.plan import Cell, CheckpointRef, SketchRequest
+    from ckptlab.orchestrator.plan import Cell, SketchRequest
     from ckptlab.orchestrator.unit import UnitTask
     from ckptlab.orchestrator.worker import run_unit
 

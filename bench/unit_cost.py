@@ -18,7 +18,8 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from ckptlab.hub import content_commit_id
-from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.checkpoints import CheckpointRef
+from ckptlab.orchestrator.plan import Cell
 from ckptlab.orchestrator.unit import UnitTask
 from ckptlab.orchestrator.worker import run_unit
 from ckptlab.pico.build import train_tokenizer

@@ -14,7 +14,7 @@ tokens per step records no tokens seen (token selectors refuse it) rather than a
 
 Owns: ``SUITES`` (each suite's repos, sizes, seeds, schedule, revision names and tokens per
 step, with their sources) and the training order of checkpoints. Must not: reach the hub (the
-repos of a listed suite are listed by ``orchestrator/plan.py``) or import beyond the standard
+repos of a listed suite are listed by ``orchestrator/checkpoints.py``) or import beyond the standard
 library: ``ckptlab suites`` and ``validate`` read it.
 """
 

@@ -95,7 +95,7 @@ def fetch_snapshot(
             local_files_only=offline,
         )
     except LocalEntryNotFoundError:
-        raise CheckpointError(f"{repo}@{revision}", _not_cached(offline)) from None
+        raise CheckpointError(f"{repo}@{revision}", not_cached_reason(offline)) from None
     except RevisionNotFoundError:
         raise CheckpointError(f"{repo}@{revision}", "no such revision") from None
     except Exception as err:  # huggingface_hub raises several types; all mean "not available"
@@ -104,7 +104,8 @@ def fetch_snapshot(
     return folder, folder.name  # snapshots/<commit sha>
 
 
-def _not_cached(offline: bool) -> str:
+def not_cached_reason(offline: bool) -> str:
+    """Why a file or revision is missing when the cache is all there is."""
     if offline:
         return "not in the local hub cache (offline: HF_HUB_OFFLINE=1)"
     return "not in the local hub cache, and the hub is unreachable"
@@ -154,7 +155,7 @@ def resolve_commits(
     return {
         rev: cached_commit(repo, rev, cache_dir)
         or remembered.get(rev)
-        or CheckpointError(f"{repo}@{rev}", _not_cached(offline))
+        or CheckpointError(f"{repo}@{rev}", not_cached_reason(offline))
         for rev in revisions
     }
 

@@ -5,16 +5,16 @@ A cell is one (commit sha, analysis, version, params, input set) and its key is 
 exactly those, so a rerun finds what is already stored and a changed parameter invalidates only
 the cells of that analysis.
 
-``build_plan`` expands the models into checkpoints, resolves revisions to commits
-(``ckptlab/hub.py``), reads weight layouts (``ckptlab/weights.py``) and each model's config and
-tokenizer, cuts the input sets (``ckptlab/inputs.py``), keys every cell, asks the results
+``build_plan`` takes the checkpoints, their commits and weight layouts from
+``checkpoints.py``, reads each model's config and tokenizer once (``_ModelFiles``), cuts the
+input sets (``ckptlab/inputs.py``), keys every cell, asks the results
 database which keys it holds (``done_keys``), and names the reference sketches that
 cross-checkpoint cells read (``SketchRequest``, ``Plan.sketches``, ``Cell.sketch_key``). A
 ``Cell`` keeps its params as the spec wrote them (``params_json``, in its key);
 ``run_params_json`` has its paths resolved against the spec's folder.
 
-Owns: ``CheckpointRef``, ``Cell``, ``SketchRequest``, ``Unit``, ``Plan``, the expansion of
-checkpoints, the choice of references and the duplicate policy. Must not: download a weight file
+Owns: ``Cell``, ``SketchRequest``, ``Unit``, ``Plan``, the cells' keys, the choice of
+references and the duplicate policy. Must not: download a weight file
 (only tokenizer and config files), write to the results database (``done_keys`` only reads), or
 import torch, transformers or Ray at module level (``ckptlab plan`` is a light command).
 """
@@ -26,68 +26,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ckptlab import architectures
 from ckptlab.analyses.plugins import PluginCode, loaded_code
 from ckptlab.analyses.registry import AnalysisDef, Need, get_analysis
 from ckptlab.architectures import declared_logit_op
-from ckptlab.catalog import SUITES, Checkpoint, Suite, training_order
 from ckptlab.errors import one_line
 from ckptlab.home import NotCached, ckptlab_home
-from ckptlab.hub import (
-    CheckpointError,
-    _not_cached,
-    cached_commit,
-    fetch_snapshot,
-    hub_offline,
-    local_checkpoint,
-    resolve_commits,
-)
+from ckptlab.hub import CheckpointError, hub_offline, not_cached_reason
 from ckptlab.inputs import InputSetError, MaterializedInputSet, materialize_all
 from ckptlab.keys import DEFAULT_DTYPE, canonical_json, cell_identity, sha256_hex
+from ckptlab.orchestrator.checkpoints import (
+    CheckpointRef,
+    Listing,
+    expand_checkpoints,
+    resolve,
+    tokenizer_folder,
+    weight_layouts,
+)
 from ckptlab.spec import (
-    HubModels,
-    LocalModels,
     Spec,
     SpecError,
-    SuiteModels,
     resolved_paths,
-    select_checkpoints,
-    step_from_revision,
 )
 from ckptlab.weights import (
     WeightLayout,
-    WeightsError,
-    choose_layout,
-    layout_of_folder,
-    list_revisions_files,
-    remember_refs,
     repo_cache_folder,
     snapshot_folder,
 )
-
-
-@dataclass(frozen=True)
-class CheckpointRef:
-    model: str  # hub repo id, or the local directory
-    revision: str
-    step: int
-    source: str  # "hub" or "local"
-    local_only: bool  # never ask the network (pico lives only in the local hub cache)
-    suite: str | None = None
-    size: str | None = None
-    seed: int | None = None
-    # Tokens seen since the start of training (the suite's axis; None: unknown), and the
-    # training stage the revision names ('stage2'; None for single-stage runs).
-    tokens_seen: int | None = None
-    stage: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.model}@{self.revision}"
-
-    @property
-    def order(self) -> tuple:
-        return training_order(self.tokens_seen, self.stage, self.step, self.seed, self.revision)
 
 
 @dataclass(frozen=True)
@@ -219,218 +186,6 @@ def cell_key(
     )
 
 
-@dataclass(frozen=True)
-class Listing:
-    """A repo's revisions: name -> commit, from the hub (``online``) or the local cache."""
-
-    commits: dict[str, str]
-    online: bool
-
-
-# Where a placeholder stands for the revisions of a repo that could not be listed: its unit is
-# unresolved with the listing's reason, one line per model in ``ckptlab plan``.
-UNLISTED = "(revisions)"
-
-
-def list_revisions(
-    repo: str, hub_dir: Path | None, *, local_only: bool
-) -> Listing | CheckpointError:
-    """Every revision of a repo with its commit: ``HfApi.list_repo_refs`` (branches and tags)
-    with hub access; offline, the refs of the local hub cache (those whose snapshot is there,
-    read as ``resolve_commits`` reads them)."""
-    offline = local_only or hub_offline()
-    if not offline:
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import RepositoryNotFoundError
-
-        try:
-            refs = HfApi().list_repo_refs(repo)
-        except RepositoryNotFoundError:
-            return CheckpointError(repo, "no such repo")
-        except Exception as err:
-            return CheckpointError(repo, f"cannot list revisions: {one_line(err, 300, first=True)}")
-        known = {r.name: r.target_commit for r in [*refs.branches, *refs.tags]}
-        remember_refs(repo, known)
-        return Listing(known, True)
-    commits: dict[str, str] = {}
-    if hub_dir is not None:
-        refs_dir = Path(hub_dir) / f"models--{repo.replace('/', '--')}" / "refs"
-        names = [p.relative_to(refs_dir).as_posix() for p in refs_dir.rglob("*") if p.is_file()]
-        for name in sorted(names):
-            commit = cached_commit(repo, name, Path(hub_dir))
-            if commit:
-                commits[name] = commit
-    if not commits:
-        return CheckpointError(repo, _not_cached(True))
-    return Listing(commits, False)
-
-
-def _requested_steps(steps) -> list[int]:
-    items = steps if isinstance(steps, list) else [steps]
-    return [item for item in items if isinstance(item, int) and not isinstance(item, bool)]
-
-
-def suite_checkpoints(
-    suite: Suite,
-    source: SuiteModels,
-    size: str,
-    repo: str,
-    hub_dir: Path | None,
-    listings: dict[str, Listing | CheckpointError],
-) -> tuple[list[Checkpoint], bool]:
-    """The checkpoints a suite has for one repo, and whether that is all of them: its known
-    schedule, else the repo's listed revisions parsed with the suite's convention. Offline,
-    the cache holds only what was downloaded (not all): a requested step the cache lacks is
-    still a checkpoint when the suite can name its revision (it will be unresolved, 'not in
-    the local hub cache'); a repo that cannot be listed at all is one placeholder checkpoint,
-    unresolved with the reason."""
-    known = suite.checkpoints(size)
-    if known is not None:
-        return known, True
-    if repo not in listings:
-        listings[repo] = list_revisions(repo, hub_dir, local_only=suite.local_only)
-    listing = listings[repo]
-    found = (
-        [] if isinstance(listing, CheckpointError) else suite.from_revisions(listing.commits, size)
-    )
-    if isinstance(listing, Listing) and listing.online:
-        return found, True
-    if suite.revision_format is not None:
-        have = {c.step for c in found}
-        for step in _requested_steps(source.steps):
-            if step not in have:
-                named = suite.parse(suite.revision(step), size)
-                if named is not None:
-                    found.append(named)
-    return sorted(found, key=lambda c: c.order), False
-
-
-def expand_checkpoints(
-    spec: Spec,
-    hub_dir: Path | None = None,
-    listings: dict[str, Listing | CheckpointError] | None = None,
-) -> list[CheckpointRef]:
-    """Every checkpoint the spec names, in spec order (a suite's in training order).
-    ``listings`` collects the revision listings made on the way (repo -> listing), which
-    ``resolve`` then reads instead of asking the hub again."""
-    listings = {} if listings is None else listings
-    refs: list[CheckpointRef] = []
-    for i, source in enumerate(spec.models):
-        if isinstance(source, SuiteModels):
-            suite = SUITES[source.suite]
-            for size in source.sizes:
-                for seed in source.seeds:
-                    repo = suite.repo_id(size, seed, source.deduped)
-                    known, complete = suite_checkpoints(
-                        suite, source, size, repo, hub_dir, listings
-                    )
-                    try:
-                        chosen = select_checkpoints(source.steps, known, f"models[{i}].steps")
-                    except SpecError:
-                        if complete:
-                            raise
-                        # Offline, what the cache lacks is unresolved, not a spec error.
-                        chosen = [c for c in known if c.step in _requested_steps(source.steps)]
-                        chosen = chosen or [Checkpoint(UNLISTED, 0)]
-                    refs += [
-                        CheckpointRef(
-                            c.repo or repo,
-                            c.revision,
-                            c.step,
-                            "hub",
-                            local_only=suite.local_only,
-                            suite=suite.name,
-                            size=size,
-                            seed=seed if c.seed is None else c.seed,
-                            tokens_seen=c.tokens,
-                            stage=c.stage,
-                        )
-                        for c in chosen
-                    ]
-        elif isinstance(source, HubModels):
-            for rev in source.revisions:
-                step = step_from_revision(rev, source.step_pattern, "revisions")
-                refs.append(CheckpointRef(source.repo, rev, step, "hub", local_only=False))
-        else:
-            refs += _local_checkpoints(source, spec.resolve(source.path))
-    # The same checkpoint listed twice is one unit.
-    return list(dict.fromkeys(refs))
-
-
-def _local_checkpoints(source: LocalModels, folder: Path) -> list[CheckpointRef]:
-    root = folder.resolve()
-    if source.revisions == "all":
-        revisions = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
-    else:
-        revisions = list(source.revisions)
-    refs = [
-        CheckpointRef(
-            str(root),
-            rev,
-            step_from_revision(rev, source.step_pattern, "revisions"),
-            "local",
-            local_only=True,
-        )
-        for rev in revisions
-    ]
-    return sorted(refs, key=lambda r: r.step)
-
-
-def resolve(
-    refs: list[CheckpointRef],
-    hub_dir: Path,
-    listings: dict[str, Listing | CheckpointError] | None = None,
-) -> dict[CheckpointRef, str | CheckpointError]:
-    """Commit sha of every checkpoint (the content hash of the folder for local ones). A repo
-    listed from the hub while expanding is resolved from that listing (no second call); one
-    that could not be listed gives its reason to each of its checkpoints."""
-    listings = listings or {}
-    resolved: dict[CheckpointRef, str | CheckpointError] = {}
-    by_repo: dict[tuple[str, bool], list[CheckpointRef]] = {}
-    for ref in refs:
-        if ref.source == "local":
-            try:
-                resolved[ref] = local_checkpoint(Path(ref.model), ref.revision)[1]
-            except CheckpointError as err:
-                resolved[ref] = err
-        else:
-            by_repo.setdefault((ref.model, ref.local_only), []).append(ref)
-    for (repo, local_only), repo_refs in by_repo.items():
-        listing = listings.get(repo)
-        if isinstance(listing, CheckpointError):
-            resolved.update({r: CheckpointError(r.label, listing.reason) for r in repo_refs})
-            continue
-        if isinstance(listing, Listing) and listing.online:
-            resolved.update(
-                {
-                    r: listing.commits.get(r.revision)
-                    or CheckpointError(r.label, "no such revision")
-                    for r in repo_refs
-                }
-            )
-            continue
-        commits = resolve_commits(
-            repo, [r.revision for r in repo_refs], hub_dir, local_only=local_only
-        )
-        resolved.update({r: commits[r.revision] for r in repo_refs})
-    return resolved
-
-
-def tokenizer_folder(ref: CheckpointRef, hub_dir: Path, remote_code: bool = False) -> Path:
-    """Where the checkpoint's tokenizer is: planning fetches no weight file (and the repo's
-    own code only when the spec trusts it: a custom tokenizer needs it)."""
-    if ref.source == "local":
-        return Path(ref.model) / ref.revision
-    return fetch_snapshot(
-        ref.model,
-        ref.revision,
-        hub_dir,
-        local_only=ref.local_only,
-        weights=False,
-        remote_code=remote_code,
-    )[0]
-
-
 def sketch_key(
     commit: str, input_set_id: str, max_tokens: int, seed: int, dtype: str = DEFAULT_DTYPE
 ) -> str:
@@ -530,135 +285,30 @@ def build_plan(
     """Resolve checkpoints, materialize input sets (one tokenization per model) and key every
     cell. ``done_keys(keys) -> set`` says which cells the results DB already has;
     ``before_tokenizing()`` is called when an input set must be tokenized (not cached)."""
+    # Which checkpoints, at which commits, with which weight files (hub metadata only).
     listings: dict[str, Listing | CheckpointError] = {}
     refs = expand_checkpoints(spec, hub_dir, listings)
     commits = resolve(refs, hub_dir, listings)
-    definitions = {entry.key: get_analysis(entry.name) for entry in spec.analyses}
+    layouts = weight_layouts(spec, refs, commits, hub_dir)
     reference_of, reference_errors = pick_references(spec, refs, commits)
-    contexts = analysis_contexts(spec)
-    input_sets: dict[str, dict[str, MaterializedInputSet]] = {}
+    entries = _entries(spec)
+    models = _ModelFiles(spec, hub_dir, before_tokenizing)
+
+    # One unit per checkpoint, with a cell per analysis entry (and input set).
     units: list[Unit] = []
     sketches: dict[str, SketchRequest] = {}
-
-    layouts = weight_layouts(spec, refs, commits, hub_dir)
-    model_configs: dict[str, dict] = {}
-    model_errors: dict[str, str] = {}  # model -> why none of its checkpoints can run
-    dtype = spec.resources.dtype
     for ref in refs:
-        commit = commits[ref]
-        unit = Unit(ref, None if isinstance(commit, CheckpointError) else commit)
-        layout = layouts.get(ref)
-        if unit.commit is None:
-            unit.error = commit.reason
-        elif isinstance(layout, str):
-            unit.error = layout
-        elif ref.model in model_errors:
-            unit.error = model_errors[ref.model]
-        else:
-            unit.layout = layout
-        if unit.commit is not None and ref.model not in model_configs | model_errors:
-            # Read once per model from its first resolved checkpoint (config and tokenizer
-            # files only, which one without weights has too): the config sizes its workers,
-            # the tokenizer cuts its input sets.
-            try:
-                folder = tokenizer_folder(ref, hub_dir, spec.loading.trust_remote_code)
-                config = folder / "config.json"
-                model_configs[ref.model] = (
-                    json.loads(config.read_text()) if config.is_file() else {}
-                )
-                needs_code = remote_code_needed(model_configs[ref.model], spec)
-                if needs_code:
-                    model_errors[ref.model] = unit.error = needs_code
-                    unit.layout = None
-                    raise _ModelRefused
-                check_context(spec, ref.model, model_configs[ref.model])
-                input_sets[ref.model] = materialize_all(
-                    spec.input_sets,
-                    folder,
-                    spec_folder=spec.folder,
-                    tokenizer_of=ref.model,
-                    cache_dir=ckptlab_home() / "input-sets",
-                    trust_remote_code=spec.loading.trust_remote_code,
-                    before_tokenizing=before_tokenizing,
-                )
-            except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
-                raise
-            except _ModelRefused:  # its config says no checkpoint of this model can run
-                model_configs.pop(ref.model, None)
-            except Exception as err:  # this checkpoint fails; the model's next one may serve
-                model_configs.pop(ref.model, None)
-                reason = err.reason if isinstance(err, CheckpointError) else str(err)
-                first = one_line(reason, first=True) or type(err).__name__
-                if unit.error is None:
-                    unit.commit, unit.error, unit.layout = None, f"tokenizer: {first}", None
-        for entry in spec.analyses:
-            definition = definitions[entry.key]
-            params = definition.params_model.model_validate(entry.params)
-            resolved_params = params.model_dump(mode="json") | contexts.get(entry.key, {})
-            post = declared_logit_op(model_configs.get(ref.model, {}))
-            if post and definition.needs & {Need.TOKEN_NLL, Need.READOUT}:
-                # Logits post-processed by the family (Granite, Cohere, Gemma 2) were read
-                # without it before the architecture table: their cells are new ones, never
-                # the stored wrong values. Every other family keeps its keys.
-                resolved_params["logits"] = post
-            reference = reference_of.get((ref.model, entry.key))
-            if reference is not None:
-                # The reference's commit is part of the cell: a new reference, new cells.
-                reference_commit = commits[reference]
-                resolved_params |= {
-                    "reference_revision": reference.revision,
-                    "reference_commit": None
-                    if isinstance(reference_commit, CheckpointError)
-                    else reference_commit,
-                }
-            params_json = canonical_json(resolved_params)
-            targets: list[tuple[str | None, str | None]] = [(None, None)]
-            if definition.needs_forward_pass:
-                materialized = input_sets.get(ref.model, {})
-                targets = [
-                    (s.name, materialized[s.name].input_set_id if materialized else None)
-                    for s in spec.input_sets
-                ]
-            for name, input_set_id in targets:
-                # An unresolved checkpoint has no content key: its cells can only fail.
-                key = cell_key(unit.commit, definition, params_json, input_set_id, dtype)
-                sketch = None
-                commit_of_reference = resolved_params.get("reference_commit")
-                if reference is not None and commit_of_reference and input_set_id:
-                    sketch = sketch_key(
-                        commit_of_reference, input_set_id, params.max_tokens, params.seed, dtype
-                    )
-                    sketches[sketch] = SketchRequest(
-                        sketch,
-                        name,
-                        input_set_id,
-                        params.max_tokens,
-                        params.seed,
-                        checkpoint=reference,
-                        commit=commit_of_reference,
-                    )
-                unit.cells.append(
-                    Cell(
-                        key if unit.commit else None,
-                        definition.name,
-                        entry.key,
-                        definition.version,
-                        params_json,
-                        sha256_hex(params_json)[:16],
-                        name,
-                        input_set_id,
-                        sketch,
-                        # What the analysis runs with: its files as this run opens them.
-                        canonical_json(resolved_paths(params, spec).model_dump(mode="json")),
-                    )
-                )
+        unit = _unit(ref, commits[ref], layouts.get(ref), models.errors)
+        models.read(unit)
+        unit.cells = _cells(unit, spec, entries, models, reference_of, commits, sketches)
         units.append(unit)
-
     # A model refused after some of its units were made (its first checkpoint had no
     # weights, a later one had the config): every unit of it carries the reason.
     for unit in units:
-        if unit.error is None and unit.checkpoint.model in model_errors:
-            unit.error, unit.layout = model_errors[unit.checkpoint.model], None
+        if unit.error is None and unit.checkpoint.model in models.errors:
+            unit.error, unit.layout = models.errors[unit.checkpoint.model], None
+
+    # Repeated weights, then what the results DB already holds.
     duplicates = find_duplicates(units)
     apply_duplicate_policy(spec, units, duplicates, set(reference_of.values()))
     done = done_keys([c.key for u in units for c in u.cells if c.key])
@@ -671,18 +321,180 @@ def build_plan(
     return Plan(
         spec,
         units,
-        input_sets,
+        models.input_sets,
         sketches,
         reference_errors,
-        model_configs,
+        models.configs,
         plugins,
         duplicates,
         Path(hub_dir),
     )
 
 
-class _ModelRefused(Exception):
-    """Internal: a model's config refused every checkpoint of it (the reason is recorded)."""
+@dataclass(frozen=True)
+class _Entry:
+    """One analysis entry of the spec, validated once for every checkpoint."""
+
+    key: str
+    definition: AnalysisDef
+    params: BaseModel
+    keyed_params: dict  # its params as written, and the context it reads (data fingerprints)
+
+
+def _entries(spec: Spec) -> list[_Entry]:
+    contexts = analysis_contexts(spec)
+    entries = []
+    for entry in spec.analyses:
+        definition = get_analysis(entry.name)
+        params = definition.params_model.model_validate(entry.params)
+        keyed = params.model_dump(mode="json") | contexts.get(entry.key, {})
+        entries.append(_Entry(entry.key, definition, params, keyed))
+    return entries
+
+
+def _unit(
+    ref: CheckpointRef,
+    commit: str | CheckpointError,
+    layout: WeightLayout | str | None,
+    model_errors: dict[str, str],
+) -> Unit:
+    """A checkpoint's unit, with why it cannot run if it cannot: unresolved, no usable
+    weights, or its model refused."""
+    unit = Unit(ref, None if isinstance(commit, CheckpointError) else commit)
+    if unit.commit is None:
+        unit.error = commit.reason
+    elif isinstance(layout, str):
+        unit.error = layout
+    elif ref.model in model_errors:
+        unit.error = model_errors[ref.model]
+    else:
+        unit.layout = layout
+    return unit
+
+
+class _ModelFiles:
+    """What the plan reads once per model, from its first resolved checkpoint (config and
+    tokenizer files only, which one without weights has too): the config sizes its workers
+    and says whether the model can run; the tokenizer cuts its input sets."""
+
+    def __init__(self, spec: Spec, hub_dir: Path, before_tokenizing: Callable[[], None] | None):
+        self.spec, self.hub_dir, self.before_tokenizing = spec, hub_dir, before_tokenizing
+        self.configs: dict[str, dict] = {}  # model -> its config.json
+        self.input_sets: dict[str, dict[str, MaterializedInputSet]] = {}  # model -> name -> set
+        self.errors: dict[str, str] = {}  # model -> why none of its checkpoints can run
+
+    def read(self, unit: Unit) -> None:
+        """Read the unit's model, unless read already; a refused model records why (in
+        ``errors`` and on the unit), a checkpoint whose files fail leaves the model to its
+        next one and fails itself."""
+        ref, spec = unit.checkpoint, self.spec
+        if unit.commit is None or ref.model in self.configs or ref.model in self.errors:
+            return
+        try:
+            folder = tokenizer_folder(ref, self.hub_dir, spec.loading.trust_remote_code)
+            config_file = folder / "config.json"
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+            refused = remote_code_needed(config, spec)
+            if refused:  # its config says no checkpoint of this model can run
+                self.errors[ref.model] = unit.error = refused
+                unit.layout = None
+                return
+            check_context(spec, ref.model, config)
+            self.input_sets[ref.model] = materialize_all(
+                spec.input_sets,
+                folder,
+                spec_folder=spec.folder,
+                tokenizer_of=ref.model,
+                cache_dir=ckptlab_home() / "input-sets",
+                trust_remote_code=spec.loading.trust_remote_code,
+                before_tokenizing=self.before_tokenizing,
+            )
+            self.configs[ref.model] = config
+        except (InputSetError, SpecError):  # the spec's fault: no checkpoint would do
+            raise
+        except Exception as err:  # this checkpoint fails; the model's next one may serve
+            reason = err.reason if isinstance(err, CheckpointError) else str(err)
+            first = one_line(reason, first=True) or type(err).__name__
+            if unit.error is None:
+                unit.commit, unit.error, unit.layout = None, f"tokenizer: {first}", None
+
+
+def _cells(
+    unit: Unit,
+    spec: Spec,
+    entries: list[_Entry],
+    models: _ModelFiles,
+    reference_of: dict[tuple[str, str], CheckpointRef],
+    commits: dict[CheckpointRef, str | CheckpointError],
+    sketches: dict[str, SketchRequest],
+) -> list[Cell]:
+    """The unit's cells: one per analysis entry, and per input set for those that read the
+    model's outputs. A cross-checkpoint cell also names the sketch it reads (added to
+    ``sketches``)."""
+    ref, dtype = unit.checkpoint, spec.resources.dtype
+    materialized = models.input_sets.get(ref.model, {})
+    cells = []
+    for entry in entries:
+        definition, params = entry.definition, entry.params
+        keyed = dict(entry.keyed_params)
+        post = declared_logit_op(models.configs.get(ref.model, {}))
+        if post and definition.needs & {Need.TOKEN_NLL, Need.READOUT}:
+            # Logits post-processed by the family (Granite, Cohere, Gemma 2) were read
+            # without it before the architecture table: their cells are new ones, never
+            # the stored wrong values. Every other family keeps its keys.
+            keyed["logits"] = post
+        reference = reference_of.get((ref.model, entry.key))
+        if reference is not None:
+            # The reference's commit is part of the cell: a new reference, new cells.
+            reference_commit = commits[reference]
+            keyed |= {
+                "reference_revision": reference.revision,
+                "reference_commit": None
+                if isinstance(reference_commit, CheckpointError)
+                else reference_commit,
+            }
+        params_json = canonical_json(keyed)
+        # What the analysis runs with: its files as this run opens them.
+        run_params_json = canonical_json(resolved_paths(params, spec).model_dump(mode="json"))
+        targets: list[tuple[str | None, str | None]] = [(None, None)]
+        if definition.needs_forward_pass:
+            targets = [
+                (s.name, materialized[s.name].input_set_id if materialized else None)
+                for s in spec.input_sets
+            ]
+        for name, input_set_id in targets:
+            # An unresolved checkpoint has no content key: its cells can only fail.
+            key = cell_key(unit.commit, definition, params_json, input_set_id, dtype)
+            sketch = None
+            commit_of_reference = keyed.get("reference_commit")
+            if reference is not None and commit_of_reference and input_set_id:
+                sketch = sketch_key(
+                    commit_of_reference, input_set_id, params.max_tokens, params.seed, dtype
+                )
+                sketches[sketch] = SketchRequest(
+                    sketch,
+                    name,
+                    input_set_id,
+                    params.max_tokens,
+                    params.seed,
+                    checkpoint=reference,
+                    commit=commit_of_reference,
+                )
+            cells.append(
+                Cell(
+                    key if unit.commit else None,
+                    definition.name,
+                    entry.key,
+                    definition.version,
+                    params_json,
+                    sha256_hex(params_json)[:16],
+                    name,
+                    input_set_id,
+                    sketch,
+                    run_params_json,
+                )
+            )
+    return cells
 
 
 def remote_code_needed(config: dict, spec: Spec) -> str | None:
@@ -707,54 +519,6 @@ def remote_code_needed(config: dict, spec: Spec) -> str | None:
         f"{what} is not in transformers {transformers.__version__}: it needs the repo's own "
         "code; set loading.trust_remote_code: true to run it"
     )
-
-
-def weight_layouts(
-    spec: Spec, refs: list[CheckpointRef], commits: dict, hub_dir: Path
-) -> dict[CheckpointRef, WeightLayout | str]:
-    """Each resolved checkpoint's weight files and format, from the hub's tree listings
-    (fetched concurrently, cached by commit) or offline the local cache: no weight file is
-    downloaded. A checkpoint whose weights cannot be loaded gets its one-line reason."""
-    allow_pickle = spec.loading.allow_pickle_weights
-    online: list[tuple[str, str]] = []
-    offline: list[tuple[str, str]] = []
-    for ref in refs:
-        commit = commits[ref]
-        if ref.source == "hub" and not isinstance(commit, CheckpointError):
-            asks_hub = not (ref.local_only or hub_offline())
-            (online if asks_hub else offline).append((ref.model, commit))
-    listed = {}
-    if online:
-        listed |= list_revisions_files(online, hub_dir, online=True)
-    if offline:
-        listed |= list_revisions_files(offline, hub_dir, online=False)
-    layouts: dict[CheckpointRef, WeightLayout | str] = {}
-    for ref in refs:
-        commit = commits[ref]
-        if isinstance(commit, CheckpointError):
-            continue
-        if ref.source == "local":
-            try:
-                layouts[ref] = layout_of_folder(Path(ref.model) / ref.revision, allow_pickle)
-            except WeightsError as err:
-                layouts[ref] = str(err)
-            continue
-        files = listed[(ref.model, commit)]
-        if isinstance(files, str):
-            # Offline, not cached is a reason; a listing the hub failed to give is not: the
-            # unit downloads with the default patterns and load_model decides.
-            if (ref.model, commit) in offline:
-                layouts[ref] = files
-            continue
-        try:
-            layouts[ref] = choose_layout(files, allow_pickle)
-        except WeightsError as err:
-            # Offline the cache lists what was downloaded: no weights there is not a defect.
-            downloaded_only = (ref.model, commit) in offline and not any(
-                name.endswith((".safetensors", ".bin")) for name in files
-            )
-            layouts[ref] = "weights " + _not_cached(True) if downloaded_only else str(err)
-    return layouts
 
 
 def find_duplicates(units: list[Unit]) -> list[Duplicate]:
@@ -801,7 +565,7 @@ def require_cached_weights(units: list[Unit], hub_dir: Path) -> None:
         folder = snapshot_folder(hub_dir, ref.model, unit.commit)
         missing = [name for name in unit.layout.names if not (folder / name).is_file()]
         if missing:
-            unit.error = f"weights {_not_cached(True)}: {missing[0]}" + (
+            unit.error = f"weights {not_cached_reason(True)}: {missing[0]}" + (
                 f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             )
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptlab.analyses.capture import ReferenceSketch
-from ckptlab.orchestrator.plan import CheckpointRef, Plan, SketchRequest
+from ckptlab.orchestrator.checkpoints import CheckpointRef
+from ckptlab.orchestrator.plan import Plan, SketchRequest
 from ckptlab.orchestrator.unit import UnitResult, UnitTask
 
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from ckptlab.analyses.capture import ReferenceSketch
 from ckptlab.analyses.plugins import PluginCode
-from ckptlab.orchestrator.plan import Cell, CheckpointRef, SketchRequest
+from ckptlab.orchestrator.checkpoints import CheckpointRef
+from ckptlab.orchestrator.plan import Cell, SketchRequest
 from ckptlab.rows import CellRow, FailureRow, MetricRow
 
 

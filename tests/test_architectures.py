@@ -33,8 +33,9 @@ from ckptlab import architectures
 from ckptlab.analyses.registry import Need, get_analysis, registered_analyses
 from ckptlab.architectures import TABLE, table_is_known
 from ckptlab.hub import content_commit_id, load_model
+from ckptlab.orchestrator.checkpoints import CheckpointRef
 from ckptlab.orchestrator.forward import capture_forward
-from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.plan import Cell
 from ckptlab.orchestrator.unit import UnitTask
 from ckptlab.orchestrator.worker import run_unit
 

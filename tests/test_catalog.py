@@ -23,7 +23,8 @@ from ckptlab.catalog import (
     pythia_schedule,
 )
 from ckptlab.cli import app
-from ckptlab.orchestrator.plan import UNLISTED, build_plan
+from ckptlab.orchestrator.checkpoints import UNLISTED
+from ckptlab.orchestrator.plan import build_plan
 from ckptlab.spec import SpecError, parse_spec, select_checkpoints, select_steps
 
 from fake_hub import FakeHub

@@ -18,8 +18,9 @@ from ckptlab.analyses.logit_lens import logit_lens
 from ckptlab.analyses.registry import Need, NoParams
 from ckptlab.architectures import LogitOp
 from ckptlab.hub import load_model, load_tokenizer
+from ckptlab.orchestrator.checkpoints import CheckpointRef
 from ckptlab.orchestrator.forward import capture_forward, final_norm_module
-from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.plan import Cell
 from ckptlab.orchestrator.unit import UnitTask
 from ckptlab.orchestrator.worker import run_unit
 

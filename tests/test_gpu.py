@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from huggingface_hub import snapshot_download
 
-from ckptlab.orchestrator.plan import Cell, CheckpointRef
+from ckptlab.orchestrator.checkpoints import CheckpointRef
+from ckptlab.orchestrator.plan import Cell
 from ckptlab.orchestrator.unit import UnitTask
 from ckptlab.orchestrator.worker import pick_device, run_unit
 

@@ -101,7 +101,7 @@ def test_mlflow_gets_one_key_per_metric_and_icl_accuracy_averaged_over_seeds():
 
 
 def test_the_mlflow_step_axis_stays_monotonic_across_restarting_stages():
-    from ckptlab.orchestrator.plan import CheckpointRef
+    from ckptlab.orchestrator.checkpoints import CheckpointRef
 
     def ref(suite, step, tokens=None, stage=None):
         return CheckpointRef("m", f"r{step}", step, "hub", True, suite, None, None, tokens, stage)

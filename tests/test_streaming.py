@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from ckptlab.analyses.capture import Batch, ReferenceSketch, sample_positions
 from ckptlab.analyses.linearity import PairQR, linearity_score
 from ckptlab.analyses.registry import _REGISTRY, MetricValue, Need, Reducer, analysis
-from ckptlab.orchestrator.plan import Cell, CheckpointRef, SketchRequest
+from ckptlab.orchestrator.checkpoints import CheckpointRef
+from ckptlab.orchestrator.plan import Cell, SketchRequest
 from ckptlab.orchestrator.unit import UnitTask
 from ckptlab.orchestrator.worker import run_unit
 
