@@ -249,6 +249,7 @@ class JobRequest:
     code: str = "ship"  # "ship" this package, or use the cluster "image"'s
     env: dict[str, str] = field(default_factory=dict)
     wait_for_workers: float = 0  # seconds an autoscaling cluster may take to add workers
+    report: bool = False  # the run renders the report into its MLflow parent run (run --report)
 
 
 def _entry_point_analyses(spec: Spec) -> dict[str, str]:
@@ -340,6 +341,8 @@ def entrypoint(request: JobRequest, spec_file: str) -> str:
         args += ["--tracking-uri", request.tracking_uri]
     if request.wait_for_workers:
         args += ["--wait-for-workers", f"{request.wait_for_workers:g}"]
+    if request.report:
+        args.append("--report")
     if request.code == "image":
         args += ["--expect-version", code_version()]
     return shlex.join(args)

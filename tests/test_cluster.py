@@ -118,12 +118,13 @@ def test_submit_runs_the_spec_on_the_cluster(token_cluster, project, local_rows,
     db = tmp_path / "cluster.duckdb"
     done = run(
         [CKPTLAB, "submit", "spec.yaml", "--address", token_cluster.dashboard, "--db", str(db),
-         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--wait"],
+         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--wait", "--report"],
         token_cluster.env,
         project,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
+    assert "entrypoint: python -m ckptlab run spec.yaml" in out and " --report" in out
     assert "SUCCEEDED" in out and "carried: data/corpus.txt" in out
     # The job's driver attached to this cluster through the RAY_ADDRESS Ray gave it.
     assert "(from RAY_ADDRESS): 2 nodes, 3 CPU, 1 GPU" in " ".join(out.split())
@@ -136,6 +137,13 @@ def test_submit_runs_the_spec_on_the_cluster(token_cluster, project, local_rows,
     assert ResultStore(db).query("SELECT code_version FROM runs").item() == shipped(code_version())
     # The token travelled in neither the runtime env nor anything printed.
     assert TOKEN not in json.dumps(job) and TOKEN not in out
+    # --report: the job rendered the report into its MLflow parent run.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    parent_id = ResultStore(db).query("SELECT mlflow_run_id FROM runs").item()
+    report = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert "report/index.html" in report and any(p.endswith(".png") for p in report)
 
 
 def test_plain_ray_job_submit_uses_the_cluster(token_cluster, project, local_rows, tmp_path):

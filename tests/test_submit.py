@@ -136,6 +136,9 @@ def test_the_runtime_env_carries_spec_files_and_code_but_no_token(project, monke
         assert "py_modules" not in runtime_env
         assert command.endswith(f"--expect-version {code_version()}")
     assert entrypoint(request, "s.yaml").startswith("python -m ckptlab run s.yaml")
+    reporting = JobRequest(path, load_spec(path), None, report=True)
+    assert entrypoint(reporting, "s.yaml").endswith(" --report")  # as `ckptlab run --report`
+    assert "--report" not in entrypoint(request, "s.yaml")
 
 
 def test_an_absolute_path_inside_the_project_becomes_relative(project, tmp_path):

@@ -135,6 +135,14 @@ def submit(
         bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")
     ] = False,
     wait_for_workers: WaitForWorkersOption = 0,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="At the end of the job, also render the report (ckptlab report) into the "
+            "MLflow parent run's artifacts, as `ckptlab run --report`.",
+        ),
+    ] = False,
 ) -> None:
     """Submit a spec as a Ray Job to a cluster (prints the job id)."""
     from ckptlab.orchestrator.jobs import (
@@ -156,6 +164,7 @@ def submit(
             code.value,
             check_env_vars(env or []),
             wait_for_workers,
+            report,
         )
         check_request(request)
     except SubmitError as err:
