@@ -25,9 +25,11 @@ def one_line(
     """
     if err is None:
         return ""
-    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-    if first:
+    text = str(err)
+    if first:  # of the message: a type name alone is no line
         text = next((line for line in text.splitlines() if line.strip()), "")
+    if not isinstance(err, str):
+        text = f"{type(err).__name__}: {text}"
     text = " ".join(text.split())
     for tail in _TAILS:
         text = text.split(tail)[0]

@@ -15,12 +15,14 @@ from pathlib import Path
 from ckptlab.analyses.icl import IclParams
 from ckptlab.analyses.icl_tasks.tasks import (
     PromptBatch,
+    TaskDataError,
     build_instance,
     load_task_data,
     make_prompts,
 )
 from ckptlab.hub import fetch_snapshot, load_tokenizer
 from ckptlab.results import ResultStore
+from ckptlab.spec import resolved_paths
 
 
 class ReplayError(ValueError):
@@ -28,9 +30,16 @@ class ReplayError(ValueError):
 
 
 def stored_prompts(
-    store: ResultStore, cell_key: str, task: str, shots: int, seed: int | None, hub_dir: Path
+    store: ResultStore,
+    cell_key: str,
+    task: str,
+    shots: int,
+    seed: int | None,
+    hub_dir: Path,
+    spec_folder: Path = Path("."),
 ) -> tuple[list[str], PromptBatch]:
-    """(candidate labels, the prompts) of one task x shots x seed of a stored icl cell."""
+    """(candidate labels, the prompts) of one task x shots x seed of a stored icl cell. A
+    task file the cell names by a relative path lies in ``spec_folder`` (its spec's)."""
     rows = store.query(
         "SELECT c.params_json, ch.model, ch.revision, c.commit_sha FROM cells c"
         " JOIN checkpoints ch USING (commit_sha) WHERE c.cell_key = ? AND c.analysis = 'icl'",
@@ -41,7 +50,7 @@ def stored_prompts(
     params_json, model, revision, commit = rows.row(0)
     stored = json.loads(params_json)
     fingerprints = stored.pop("context", {}).get("task_data", {})
-    params = IclParams.model_validate(stored)
+    params = resolved_paths(IclParams.model_validate(stored), spec_folder)
     specs = {t.label: t for t in params.tasks}
     if task not in specs:
         raise ReplayError(f"task {task!r} is not in the cell (tasks: {', '.join(specs)})")
@@ -50,7 +59,10 @@ def stored_prompts(
     seed = params.seeds[0] if seed is None else seed
     if seed not in params.seeds:
         raise ReplayError(f"seed {seed} is not in the cell (seeds: {params.seeds})")
-    data = load_task_data(specs[task], hub_dir)
+    try:
+        data = load_task_data(specs[task], hub_dir)
+    except TaskDataError as err:
+        raise ReplayError(f"task {task!r}: {err}") from None
     if fingerprints.get(task) not in (None, data.fingerprint()):
         raise ReplayError(f"task {task!r}: its data changed since the run (fingerprint differs)")
     folder, found = fetch_snapshot(model, revision, hub_dir, local_only=True)

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ckptlab.errors import one_line
 from ckptlab.results import ResultStore
 
 ANALYSIS = "lm_eval"
@@ -182,8 +183,8 @@ def load_rows(
     try:
         rows = store.query(sql, [ANALYSIS, *params])
     except duckdb.Error as err:
-        first = str(err).strip().splitlines()
-        raise ExportError(f"{store.path}: {first[0] if first else type(err).__name__}") from None
+        first = one_line(str(err), first=True) or type(err).__name__
+        raise ExportError(f"{store.path}: {first}") from None
     if rows.height == 0:
         raise ExportError(
             f"no {ANALYSIS} results in {selected} ({store.path}): run a spec with the "

@@ -356,23 +356,27 @@ def paths_in(value: Any, where: tuple = ()) -> Iterator[tuple[tuple, Path]]:
             yield from paths_in(item, (*where, key))
 
 
-def resolved_paths(value: Any, spec: Spec) -> Any:
+def resolved_paths(value: Any, folder: Path) -> Any:
     """A validated params model (or any value in it) with every relative Path resolved
-    against the spec's folder: what an analysis opens. Its cell key keeps the path as
-    written, so a spec folder moved elsewhere finds its results."""
+    against ``folder`` (the spec's): what an analysis opens. Its cell key keeps the path as
+    written, so a spec folder moved elsewhere finds its results. A value holding no Path is
+    returned as it is."""
     if isinstance(value, Path):
-        return spec.resolve(value)
+        return value if value.is_absolute() else folder / value
+    if not any(paths_in(value)):
+        return value
     if isinstance(value, BaseModel):
         return value.model_copy(
             update={
-                name: resolved_paths(getattr(value, name), spec)
+                name: resolved_paths(getattr(value, name), folder)
                 for name in type(value).model_fields
             }
         )
     if isinstance(value, list | tuple):
-        return type(value)(resolved_paths(item, spec) for item in value)
+        items = [resolved_paths(item, folder) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     if isinstance(value, dict):
-        return {key: resolved_paths(item, spec) for key, item in value.items()}
+        return {key: resolved_paths(item, folder) for key, item in value.items()}
     return value
 
 
@@ -701,8 +705,9 @@ def _check_semantics(spec: Spec) -> None:
             inner = _first_error(err, entry.params)
             joint = "." if inner.path[:1] not in ("", "[") else ""
             raise SpecError(f"{where}.params{joint}{inner.path}", inner.message) from None
-        for location, path in paths_in(params):
-            if not spec.resolve(path).exists():
+        # A shipped analysis' paths are files it reads; a plug-in's may name what it writes.
+        for location, path in paths_in(params) if definition.shipped else ():
+            if not spec.resolve(path).is_file():
                 inner = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in location)
                 raise SpecError(f"{where}.params{inner}", _missing("file", path, spec))
         configuration = json.dumps([entry.name, params.model_dump(mode="json")], sort_keys=True)
@@ -719,7 +724,8 @@ def _check_semantics(spec: Spec) -> None:
 
 def _missing(kind: str, path: Path, spec: Spec) -> str:
     """'no such file: x', saying where a relative x was looked for when that is not here."""
-    where = "" if path.is_absolute() or spec.folder == Path(".") else f" in {spec.folder}"
+    here = spec.folder.resolve() == Path.cwd().resolve()
+    where = "" if path.is_absolute() or here else f" in {spec.folder}"
     return f"no such {kind}: {path}{where}"
 
 
@@ -739,7 +745,7 @@ def parse_spec(data: Any, folder: Path | None = None) -> Spec:
     except ValidationError as err:
         raise _first_error(err, data) from None
     if folder is not None:
-        spec._folder = folder
+        spec._folder = folder.absolute()  # workers started elsewhere open the same files
     try:
         _check_semantics(spec)
     except RecursionError:  # pydantic guards its own depth; json.dumps of params does not

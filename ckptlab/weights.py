@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ckptlab.errors import one_line
+
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
@@ -322,8 +324,7 @@ def _ask(repo: str, commit: str) -> dict[str, RepoFile] | str:
     try:
         return _from_hub(repo, commit)
     except Exception as err:  # huggingface_hub raises several types: each is a reason
-        first = (str(err).strip().splitlines() or [""])[0]
-        return f"cannot list the revision's files: {type(err).__name__}: {first}"[:300]
+        return f"cannot list the revision's files: {one_line(err, 260, first=True)}"
 
 
 def format_bytes(count: int) -> str:

@@ -76,7 +76,7 @@ def spec_files(spec: Spec) -> list[tuple[tuple, Path]]:
         params = definition.params_model.model_validate(entry.params)
         found += [(("analyses", i, "params", *loc), p) for loc, p in paths_in(params)]
         if definition.files is not None:  # named inside those files, not by the spec
-            companions = definition.files(resolved_paths(params, spec))
+            companions = definition.files(resolved_paths(params, spec.folder))
             found += [(("analyses", i, COMPANION, k), p) for k, p in enumerate(companions)]
     return found
 
@@ -115,12 +115,14 @@ def stage_spec(spec_path: Path, spec: Spec, working_dir: Path) -> StagedSpec:
             where = ".".join(str(k) for k in location)
             if COMPANION in location:  # the file naming it cannot be rewritten to the copy
                 staged.notes.append(
-                    f"{where}: {path} is outside {base} and is not carried; keep a task's "
-                    "data files next to its YAML inside the project"
+                    f"{where}: {path} is outside {base.resolve()} and is not carried; keep a "
+                    "task's data files next to its YAML inside the project"
                 )
                 continue
             relative = Path(_OUTSIDE) / str(n) / source.name
-            staged.notes.append(f"{where}: {path} is outside {base}; carried as {relative}")
+            staged.notes.append(
+                f"{where}: {path} is outside {base.resolve()}; carried as {relative}"
+            )
         if COMPANION not in location and Path(path) != relative:
             _set(data, location, str(relative))  # absolute, or outside: the copy is named
         target = working_dir / relative
@@ -329,7 +331,7 @@ def client(address: str | None):
             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
         ) from None
     except (ConnectionError, RuntimeError, ValueError, RayError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = one_line(str(err), first=True) or type(err).__name__
         raise SubmitError(f"cannot reach the Ray Jobs API at {where}: {first}") from None
 
 
@@ -393,7 +395,7 @@ def submit(request: JobRequest, jobs=None) -> Submitted:
                 metadata=metadata,
             )
         except (RuntimeError, ValueError) as err:
-            first = one_line(str(err) or type(err).__name__, first=True)
+            first = one_line(str(err), first=True) or type(err).__name__
             hint = ""
             if "No available agent" in first:
                 hint = (

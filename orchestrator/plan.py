@@ -240,7 +240,8 @@ def analysis_contexts(
         definition = get_analysis(entry.name)
         if definition.context is None:
             continue
-        params = resolved_paths(definition.params_model.model_validate(entry.params), spec)
+        params = definition.params_model.model_validate(entry.params)
+        params = resolved_paths(params, spec.folder)
         try:
             contexts[entry.key] = {"context": definition.context(params)}
         except ValueError as err:
@@ -289,9 +290,10 @@ def build_plan(
     listings: dict[str, Listing | CheckpointError] = {}
     refs = expand_checkpoints(spec, hub_dir, listings)
     commits = resolve(refs, hub_dir, listings)
-    layouts = weight_layouts(spec, refs, commits, hub_dir)
+    # The spec's own mistakes (a reference step not selected, unusable task data) first.
     reference_of, reference_errors = pick_references(spec, refs, commits)
     entries = _entries(spec)
+    layouts = weight_layouts(spec, refs, commits, hub_dir)
     models = _ModelFiles(spec, hub_dir, before_tokenizing)
 
     # One unit per checkpoint, with a cell per analysis entry (and input set).
@@ -339,6 +341,7 @@ class _Entry:
     definition: AnalysisDef
     params: BaseModel
     keyed_params: dict  # its params as written, and the context it reads (data fingerprints)
+    run_params_json: str  # what it runs with: its files as this run opens them
 
 
 def _entries(spec: Spec) -> list[_Entry]:
@@ -348,7 +351,8 @@ def _entries(spec: Spec) -> list[_Entry]:
         definition = get_analysis(entry.name)
         params = definition.params_model.model_validate(entry.params)
         keyed = params.model_dump(mode="json") | contexts.get(entry.key, {})
-        entries.append(_Entry(entry.key, definition, params, keyed))
+        run_params = resolved_paths(params, spec.folder).model_dump(mode="json")
+        entries.append(_Entry(entry.key, definition, params, keyed, canonical_json(run_params)))
     return entries
 
 
@@ -454,8 +458,6 @@ def _cells(
                 else reference_commit,
             }
         params_json = canonical_json(keyed)
-        # What the analysis runs with: its files as this run opens them.
-        run_params_json = canonical_json(resolved_paths(params, spec).model_dump(mode="json"))
         targets: list[tuple[str | None, str | None]] = [(None, None)]
         if definition.needs_forward_pass:
             targets = [
@@ -491,7 +493,7 @@ def _cells(
                     name,
                     input_set_id,
                     sketch,
-                    run_params_json,
+                    entry.run_params_json,
                 )
             )
     return cells

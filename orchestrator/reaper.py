@@ -4,10 +4,11 @@ with the driver, but its dashboard and runtime-env agents outlive it.
 
 Started by the driver as a detached process (``start_reaper``); it records the driver's
 descendants every half second and, once the driver is gone, stops every recorded process
-still alive (matched by creation time, so a reused pid is never touched).
+still alive (psutil's ``is_running``: the pid and its start time since boot, so a reused pid
+is never touched).
 
 Owns: ``start_reaper`` and ``watch``. Must not: stop a process it did not record as the driver's
-descendant (a pid counts with its creation time), or import another ckptlab module (it runs
+descendant (a pid counts with its start time), or import another ckptlab module (it runs
 alone, as ``python -m ckptlab.orchestrator.reaper``).
 """
 
@@ -39,26 +40,25 @@ def watch(driver_pid: int) -> None:
         driver = psutil.Process(driver_pid)
     except psutil.NoSuchProcess:
         return
-    seen: dict[int, float] = {}
+    # pid -> the process as first seen. Its identity is the pid and its start time since boot
+    # (what is_running compares), not create_time(): that adds the boot time as the clock says
+    # now (/proc/stat's btime moves with clock adjustments), and a recorded agent that seemed
+    # to start a second later than recorded would be spared as another process.
+    seen: dict[int, psutil.Process] = {}
     while _alive(driver):
         try:
             children = driver.children(recursive=True)
         except psutil.NoSuchProcess:  # the driver itself is gone
             break
         for child in children:
-            if child.pid == os.getpid():  # the reaper is the driver's child too
-                continue
-            try:
-                seen.setdefault(child.pid, child.create_time())
-            except psutil.NoSuchProcess:  # a short-lived child, gone already
-                continue
+            if child.pid != os.getpid():  # the reaper is the driver's child too
+                seen.setdefault(child.pid, child)
         time.sleep(POLL_S)
     time.sleep(GRACE_S)  # Ray's own shutdown, when there was one, goes first
     left = []
-    for pid, created in seen.items():
+    for process in seen.values():
         try:
-            process = psutil.Process(pid)
-            if process.create_time() == created and process.is_running():
+            if process.is_running():
                 process.terminate()
                 left.append(process)
         except psutil.NoSuchProcess:

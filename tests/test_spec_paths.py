@@ -86,6 +86,16 @@ def test_a_spec_folder_runs_from_anywhere_and_keeps_its_cells_when_moved(
     icl_params = [json.loads(p) for _, analysis, p, _ in done if analysis == "icl"]
     assert {p["tasks"][0]["data"]["file"] for p in icl_params} == {"data/parity.jsonl"}
 
+    # The prompts an ICL cell scored, rebuilt from here: its task file lies next to the spec.
+    icl_key = next(key for key, analysis, _, _ in done if analysis == "icl")
+    prompts = ["prompts", icl_key, "--task", "parity", "--shots", "1", "--db", str(db)]
+    shown = runner.invoke(app, [*prompts, "--spec", "../project/spec.yaml", "--limit", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert "prompt 0" in shown.output and "word" in shown.output
+    lost = runner.invoke(app, prompts)  # without the spec: looked for here, one line
+    assert lost.exit_code == 1
+    assert "task data file not found: data/parity.jsonl" in " ".join(lost.output.split())
+
     # The folder moves; run from yet another directory: the same cells, nothing to compute.
     moved = tmp_path / "a" / "b" / "copied"
     moved.parent.mkdir(parents=True)
@@ -105,10 +115,9 @@ def test_a_missing_relative_file_names_the_spec_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["validate", str(spec.relative_to(tmp_path))])
     assert result.exit_code == 2
-    assert (
-        "analyses[1].params.tasks[0].data.file: no such file: data/parity.jsonl in project"
-        in " ".join(result.output.split())
-    )
+    line = " ".join(result.output.split())
+    where = f"analyses[1].params.tasks[0].data.file: no such file: data/parity.jsonl in {tmp_path}"
+    assert f"{where}/project" in line  # the spec's folder, where a relative file lies
 
 
 def test_the_shipped_examples_validate_from_outside_the_repo(tmp_path, monkeypatch):

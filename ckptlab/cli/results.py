@@ -86,6 +86,14 @@ def prompts(
     shots: Annotated[int, typer.Option("--shots", help="Number of demonstrations.")],
     seed: Annotated[int | None, typer.Option("--seed", help="Default: the cell's first.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Prompts to print.")] = 3,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="The spec the cell came from: its task files named by relative paths lie in "
+            "its folder. Default: the current directory.",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Print the exact prompts an icl cell scored, rebuilt from its stored params and commit."""
@@ -94,7 +102,13 @@ def prompts(
 
     try:
         candidates, batch = stored_prompts(
-            ResultStore(db_of(None, db)), cell_key, task, shots, seed, hub_cache_dir()
+            ResultStore(db_of(None, db)),
+            cell_key,
+            task,
+            shots,
+            seed,
+            hub_cache_dir(),
+            spec.absolute().parent if spec else Path("."),
         )
     except (ReplayError, FileNotFoundError) as err:
         raise fail(str(err), 1) from None
