@@ -36,13 +36,13 @@ def lm_eval(
 ) -> None:
     """Write lm-eval-style JSON per (model, checkpoint, num_fewshot) of the lm_eval analysis,
     laid out like Pythia's published evals: OUT/<repo>/zero-shot/<label>_step<N>.json."""
-    from ckptlab.cli.report import _spec_name
+    from ckptlab.cli.report import spec_name_and_db
     from ckptlab.lm_eval_export import ExportError, export_lm_eval
     from ckptlab.results import ResultsBusy
 
     if spec is not None and run_id is not None:
         raise fail("give --spec or --run, not both", 2)
-    spec_name, spec_db = _spec_name(spec) if spec is not None else (None, None)
+    spec_name, spec_db = spec_name_and_db(spec) if spec is not None else (None, None)
     try:
         exported = export_lm_eval(db_of(None, db or spec_db), out, spec_name, run_id, model)
     except (ExportError, ResultsBusy) as err:

@@ -18,7 +18,7 @@ from ckptlab.cli.app import DbOption, app, console, db_of, fail
 from ckptlab.errors import one_line
 
 
-def _spec_name(spec: str) -> tuple[str, Path | None]:
+def spec_name_and_db(spec: str) -> tuple[str, Path | None]:
     """A spec YAML file's ``name`` and ``storage.db``, or ``spec`` itself as a spec name."""
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
@@ -66,7 +66,7 @@ def report(
 
     if x not in ("step", "tokens"):
         raise fail(f"--x: {x!r} is not step or tokens", 2)
-    spec_name, spec_db = _spec_name(spec) if spec is not None else (None, None)
+    spec_name, spec_db = spec_name_and_db(spec) if spec is not None else (None, None)
     db_path = db_of(None, db or spec_db)
     started = time.perf_counter()
     try:
