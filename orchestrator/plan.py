@@ -437,11 +437,11 @@ def _cells(
     ``sketches``)."""
     ref, dtype = unit.checkpoint, spec.resources.dtype
     materialized = models.input_sets.get(ref.model, {})
+    post = declared_logit_op(models.configs.get(ref.model, {}))
     cells = []
     for entry in entries:
         definition, params = entry.definition, entry.params
         keyed = dict(entry.keyed_params)
-        post = declared_logit_op(models.configs.get(ref.model, {}))
         if post and definition.needs & {Need.TOKEN_NLL, Need.READOUT}:
             # Logits post-processed by the family (Granite, Cohere, Gemma 2) were read
             # without it before the architecture table: their cells are new ones, never

@@ -22,121 +22,39 @@ skipped with a note in the HTML. It raises ``ReportError`` only when there is no
 from (no database, no such run, neither a spec name nor a run).
 
 Importing this package imports polars, not matplotlib or Jinja2 (``ckptlab report --help``
-stays quick). The names below are re-exported for reading and calling; a test that changes a
-constant or replaces a function sets it on the module that owns and uses it (e.g.
-``ckptlab.report.figures.TABLE_COLUMNS``), not here.
+stays quick). The names below are what callers outside the package use; anything else is
+imported from (and, in a test, set on) the module that owns it (e.g.
+``ckptlab.report.figures.TABLE_COLUMNS``).
 
 Owns: the package's public names (re-exports only). Must not: import matplotlib or Jinja2 at
 import time, write to the results database (a report only reads it), or import
 ``orchestrator/``.
 """
 
-from ckptlab.report.build import Report, build_report
 from ckptlab.report.correlation import (
-    CAPABILITIES,
     CORRELATION_COLUMNS,
-    MIN_STEPS,
     SPEARMAN_SQL,
-    average_ranks,
-    capability_series,
     correlation_table,
-    representation_series,
     spearman,
 )
-from ckptlab.report.data import (
-    BOOKKEEPING,
-    HEAD_ANALYSES,
-    ICL_STEPS,
-    LINEARITY_COST_COLUMNS,
-    TIED,
-    heatmap_metrics,
-    heatmap_panels,
-    icl_table,
-    line_series,
-    linearity_cost,
-    pick_steps,
-    size_key,
-)
-from ckptlab.report.figures import (
-    CORRELATION_SECTION,
-    DIVERGING,
-    DPI,
-    LINESTYLES,
-    NAMED,
-    PALETTE,
-    RC,
-    SCATTER_PAIRS,
-    TABLE_COLUMNS,
-    TABLE_ROWS,
-    X_LABELS,
-    Figure,
-    correlation_figures,
-    heatmap_figure,
-    icl_figures,
-    line_figure,
-    linearity_cost_figures,
-)
-from ckptlab.report.order import CHECKPOINT, ORDER, checkpoint_name, restarting, with_order, with_x
+from ckptlab.report.data import BOOKKEEPING, TIED, linearity_cost, pick_steps
+from ckptlab.report.figures import DPI, correlation_figures
 from ckptlab.report.render import render_report
-from ckptlab.report.selection import (
-    NEWER_COLUMNS,
-    ReportError,
-    Selection,
-    resolve_selection,
-    select_rows,
-)
+from ckptlab.report.selection import ReportError, resolve_selection, select_rows
 
 __all__ = [
     "BOOKKEEPING",
-    "CAPABILITIES",
-    "CHECKPOINT",
     "CORRELATION_COLUMNS",
-    "CORRELATION_SECTION",
-    "DIVERGING",
     "DPI",
-    "HEAD_ANALYSES",
-    "ICL_STEPS",
-    "LINEARITY_COST_COLUMNS",
-    "LINESTYLES",
-    "MIN_STEPS",
-    "NAMED",
-    "NEWER_COLUMNS",
-    "ORDER",
-    "PALETTE",
-    "RC",
-    "SCATTER_PAIRS",
     "SPEARMAN_SQL",
-    "TABLE_COLUMNS",
-    "TABLE_ROWS",
     "TIED",
-    "X_LABELS",
-    "Figure",
-    "Report",
     "ReportError",
-    "Selection",
-    "average_ranks",
-    "build_report",
-    "capability_series",
-    "checkpoint_name",
     "correlation_figures",
     "correlation_table",
-    "heatmap_figure",
-    "heatmap_metrics",
-    "heatmap_panels",
-    "icl_figures",
-    "icl_table",
-    "line_figure",
-    "line_series",
     "linearity_cost",
-    "linearity_cost_figures",
     "pick_steps",
     "render_report",
-    "representation_series",
     "resolve_selection",
-    "restarting",
     "select_rows",
-    "size_key",
     "spearman",
-    "with_order",
-    "with_x",
 ]
