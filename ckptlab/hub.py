@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ckptlab.errors import one_line
 from ckptlab.lazy import torch
-from ckptlab.weights import remember_refs, remembered_refs
+from ckptlab.weights import remember_refs, remembered_refs, repo_cache_folder
 
 # Everything but weights: what planning reads (the tokenizer, the config).
 TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.txt", "*.model", "*.tiktoken"]
@@ -114,7 +114,7 @@ def not_cached_reason(offline: bool) -> str:
 def cached_commit(repo: str, revision: str, cache_dir: Path) -> str | None:
     """The commit a revision names in the local hub cache, read from its refs file (the
     cache's documented layout: models--org--name/refs/<revision>), or None."""
-    storage = Path(cache_dir) / f"models--{repo.replace('/', '--')}"
+    storage = repo_cache_folder(cache_dir, repo)
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision if (storage / "snapshots" / revision).is_dir() else None
     ref = storage / "refs" / revision

@@ -40,6 +40,7 @@ from ckptlab.weights import (
     layout_of_folder,
     list_revisions_files,
     remember_refs,
+    repo_cache_folder,
 )
 
 
@@ -102,7 +103,7 @@ def list_revisions(
         return Listing(known, True)
     commits: dict[str, str] = {}
     if hub_dir is not None:
-        refs_dir = Path(hub_dir) / f"models--{repo.replace('/', '--')}" / "refs"
+        refs_dir = repo_cache_folder(hub_dir, repo) / "refs"
         names = [p.relative_to(refs_dir).as_posix() for p in refs_dir.rglob("*") if p.is_file()]
         for name in sorted(names):
             commit = cached_commit(repo, name, Path(hub_dir))

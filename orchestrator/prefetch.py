@@ -26,11 +26,12 @@ from pathlib import Path
 
 from ckptlab.home import ckptlab_home, hub_cache_dir
 from ckptlab.hub import CheckpointError, fetch_snapshot, hub_offline
+from ckptlab.weights import snapshot_folder
 
 
 def snapshot_complete(repo: str, commit: str, cache_dir: Path) -> bool:
     """Whether the cache holds the revision's config and every weight shard."""
-    folder = Path(cache_dir) / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+    folder = snapshot_folder(cache_dir, repo, commit)
     if not (folder / "config.json").is_file():
         return False
     if (folder / "model.safetensors").is_file() or (folder / "pytorch_model.bin").is_file():
@@ -134,6 +135,15 @@ class DownloadQueue:
             return None
         download.finished.wait()
         return download
+
+    def span(self, repo: str, commit: str) -> tuple[float, float] | None:
+        """When its finished download of this checkpoint began and ended; None when it has
+        none (never queued, not yet ended, or failed). Never waits, never queues."""
+        with self.changed:
+            download = self.downloads.get((repo, commit))
+            if download is None or download.finished_at is None or download.error:
+                return None
+            return download.started_at, download.finished_at
 
     def stop(self) -> None:
         """Start no new download (the one under way finishes): another queue takes over."""
