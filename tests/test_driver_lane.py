@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ckptlab.orchestrator import driver_lane
+from ckptlab.orchestrator.cluster import ClusterChoice
 from ckptlab.orchestrator.driver_lane import MEMORY_HEADROOM, DriverLane, fits_in_memory
 from ckptlab.orchestrator.executors import RayExecutor
 from ckptlab.orchestrator.runner import _task, make_plan
@@ -175,11 +176,10 @@ def test_where_the_driver_computes(resources, lane, gated_units, monkeypatch):
     ran, _ = gated_units
     local = LocalRef("a")  # a local folder: its weights are here
     gates_open(gated_units, local)
-    for name in ("RAY_ADDRESS", "CKPTLAB_RAY_ADDRESS"):
-        monkeypatch.delenv(name, raising=False)
     executor = RayExecutor(Resources(**resources))
-    if executor.cluster.source == "existing":
-        pytest.skip("this process already has a Ray: runs use it as it is, never privately")
+    # What `ckptlab run` chooses with no --address, whether or not this test session has
+    # started a Ray of its own (a Ray this process already has is used as it is).
+    executor.cluster = ClusterChoice(None, "private")
     executor.start_in_driver([SimpleNamespace(checkpoint=local, weight_bytes=1)], {})
     try:
         assert (executor._lane is not None) is lane
@@ -189,7 +189,8 @@ def test_where_the_driver_computes(resources, lane, gated_units, monkeypatch):
     finally:
         executor.close()
     # Not on a cluster given by address: the driver may be a laptop far from the workers.
-    remote = RayExecutor(Resources(**resources), address="127.0.0.1:6379")
+    remote = RayExecutor(Resources(**resources))
+    remote.cluster = ClusterChoice("127.0.0.1:6379", "--address")
     remote.start_in_driver([fake_task("b")], {})
     assert remote._lane is None
 
