@@ -155,8 +155,6 @@ def run(smoke: bool = False) -> str:
             ["bound: first download + max(pure download, compute ÷ workers)", f"{bound:.1f}"],
             ["ckptlab's wall ÷ bound", f"**{a['wall'] / bound:.2f}**"],
             ["command start → first unit", f"{start['to_first_unit']:.1f}"],
-            ["units computed by the driver while its workers started (count)",
-             str(start["in_driver"])],
             ["command start → first download begins",
              f"{fetched[0][0] - launched:.1f}" if fetched else "–"],
             ["command start → last download ends",

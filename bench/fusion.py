@@ -448,9 +448,7 @@ def run(smoke: bool = False, rounds: int = 2) -> str:
                 "(a) ckptlab run",
                 f"{a_wall:.1f}",
                 walls(a_runs),
-                f"{a_first:.1f} to the first unit, of it waiting for Ray {a_ray:.1f} "
-                f"({starts[-1]['in_driver']} units computed by the driver while its workers "
-                "started)",
+                f"{a_first:.1f} to the first unit, of it Ray {a_ray:.1f}",
                 f"{a_loads} ({unit_rows} unit rows for {n} checkpoints)",
                 a_passes,
             ],

@@ -57,7 +57,7 @@ GOALS = {
     ),
     "overhead": (
         "Run overhead",
-        "(wall − Ray on the path) × workers ÷ Σ(load + compute) ≤ 1.3; command start → first unit "
+        "(wall − Ray start-up) × workers ÷ Σ(load + compute) ≤ 1.3; command start → first unit "
         "≤ 3 s; last unit → exit ≤ 2 s (issue 23)",
     ),
     "download_sweep": (

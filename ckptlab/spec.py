@@ -285,9 +285,6 @@ class Resources(Strict):
     # Download checkpoints ahead of their units (each worker's next one; on one machine the
     # driver's first ones while Ray starts); false: each when its unit starts.
     prefetch: bool = True
-    # On a private local Ray with CPU workers, the driver runs units itself while Ray and the
-    # workers start (seconds), and stops when they are up; false: only workers run units.
-    first_units_in_driver: bool = True
     # Memory one worker may use: on a GPU, that much of the GPU (PyTorch's per-process
     # fraction); on CPUs, that much heap growth (RLIMIT_DATA). A pass that runs out is
     # retried with half the batch, down to one sequence, then its cells fail.

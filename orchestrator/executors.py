@@ -22,16 +22,13 @@ from dataclasses import replace
 from typing import Protocol
 
 from ckptlab.analyses.capture import ReferenceSketch
-from ckptlab.home import hub_cache_dir
 from ckptlab.orchestrator.cluster import Boot, choose_cluster, describe
-from ckptlab.orchestrator.driver_lane import DriverLane
 from ckptlab.orchestrator.placement import GPU_STEP, PlacementError, Shape, worker_shape
-from ckptlab.orchestrator.prefetch import DownloadQueue, Wanted, snapshot_complete, wanted
+from ckptlab.orchestrator.prefetch import DownloadQueue, Wanted, wanted
 from ckptlab.orchestrator.reaper import start_reaper
 from ckptlab.orchestrator.unit import UnitResult, UnitTask
 from ckptlab.orchestrator.worker import pick_device, run_unit
 from ckptlab.spec import Resources
-from ckptlab.weights import snapshot_folder
 
 Outcome = tuple[UnitTask, UnitResult | Exception]
 OnStart = Callable[[UnitTask], None]
@@ -40,9 +37,8 @@ References = dict[str, ReferenceSketch]
 
 class Executor(Protocol):
     """Where units run. The runner owns the lifecycle and calls, in this order: ``warm_up``
-    (maybe, while it plans), ``download_ahead``, ``start_in_driver``, ``with executor:``,
-    ``prepare``, ``start_workers``, ``run`` (once per wave), and ``close`` (always, also when
-    nothing ran)."""
+    (maybe, while it plans), ``download_ahead``, ``with executor:``, ``prepare``,
+    ``start_workers``, ``run`` (once per wave), and ``close`` (always, also when nothing ran)."""
 
     description: str  # one line: where units run
 
@@ -55,10 +51,6 @@ class Executor(Protocol):
 
     def download_ahead(self, items: list[Wanted]) -> None:
         """Start downloading the run's first checkpoints where that is this machine."""
-
-    def start_in_driver(self, tasks: list[UnitTask], references: References) -> None:
-        """Start running the first of ``tasks`` (the first wave's) in this process while the
-        workers start, where that applies; ``run`` yields their outcomes."""
 
     def prepare(
         self,
@@ -107,9 +99,6 @@ class InlineExecutor:
     def download_ahead(self, items: list[Wanted]) -> None:
         return None
 
-    def start_in_driver(self, tasks: list[UnitTask], references: References) -> None:
-        return None  # every unit runs in this process anyway
-
     def close(self) -> None:
         return None
 
@@ -139,8 +128,6 @@ class InlineExecutor:
 
 
 ACTOR_START_S = 300.0  # how long a worker may take to start (imports, a GPU context)
-LANE_POLL_S = 0.05  # while the driver computes a unit, how often the workers are looked at
-SPAN_WAIT_S = 10.0  # for the node's queue to say when it downloaded a driver's unit's weights
 EARLY_DOWNLOADS = 2  # per worker: what the driver downloads before the units start
 
 
@@ -173,7 +160,6 @@ class RayExecutor:
         self.downloads: dict[str, object] = {}  # node id -> its NodeDownloads actor
         self._orders = itertools.count(1)  # the order units' checkpoints are queued in
         self._early: DownloadQueue | None = None  # the driver's, until the node's takes over
-        self._lane: DriverLane | None = None  # the driver's units, while the workers start
         self.pool_sizes: dict[Shape, int] = {}
         self.pools: dict[Shape, list] = {}
 
@@ -217,33 +203,6 @@ class RayExecutor:
         self._early = DownloadQueue(None, per_file=True)
         self._early.add(items[: EARLY_DOWNLOADS * max(1, r.workers or os.cpu_count() or 1)])
 
-    def start_in_driver(self, tasks: list[UnitTask], references: References) -> None:
-        """On a private Ray with CPU workers, this process computes units from now until the
-        workers are up (``driver_lane.py``); ``run`` takes over the rest of the queue."""
-        r = self.resources
-        cpu_workers = r.gpus_per_worker == "auto" or r.gpus_per_worker == 0  # auto: the lane
-        # checks for a GPU itself, on its own thread (torch's import is seconds)
-        if not (tasks and r.first_units_in_driver and self.cluster.private and cpu_workers):
-            return
-        if r.memory_limit_gib is not None or self._lane is not None:
-            return
-        self._lane = DriverLane(tasks, references, self._weights_here)
-
-    def _weights_here(self, task: UnitTask) -> bool | None:
-        """True when the unit's weight files are on this machine; None while the run's own
-        downloads are bringing them (the driver's first ones, then the node's queue); False
-        when nothing is (a disk budget: only the node's queue downloads, and counts)."""
-        ref = task.checkpoint
-        if ref.source != "hub" or ref.local_only:
-            return True  # a local folder, or the cache alone: nothing to download
-        cache = task.hub_dir or hub_cache_dir()
-        if task.weight_files:
-            folder = snapshot_folder(cache, ref.model, task.commit)
-            here = all((folder / name).is_file() for name in task.weight_files)
-        else:
-            here = snapshot_complete(ref.model, task.commit, cache)
-        return True if here else None if self._early is not None else False
-
     def __enter__(self) -> RayExecutor:
         self.warm_up()
         if self._boot is not None:
@@ -272,8 +231,6 @@ class RayExecutor:
         warm-up's included (a plan that then had nothing to run); a no-op the second time."""
         if self._early is not None:
             self._early.stop()
-        if self._lane is not None:
-            self._lane.stop()
         boot, self._boot = self._boot, None
         if boot is None:
             return
@@ -345,8 +302,6 @@ class RayExecutor:
         r = self.resources
         tasks_per_model = tasks_per_model or {}
         gpu_total = sum(n.get("GPU", 0) for n in self._nodes())
-        if gpu_total and self._lane is not None:
-            self._lane.stop()  # a GPU machine: the driver holds no model beside its workers
         if (
             r.gpus_per_worker != "auto"
             and r.gpus_per_worker > gpu_total
@@ -433,8 +388,6 @@ class RayExecutor:
             f"{n} worker{'s' * (n != 1)} ({shape.describe()} each)"
             for shape, n in self.pool_sizes.items()
         )
-        if self._lane is not None and not self._lane.stopped:
-            sizes += "; this process runs units until they are up"
         return sizes
 
     # ---------------------------------------------------------------- the pools
@@ -522,59 +475,27 @@ class RayExecutor:
             shape = self.shapes.get(task.checkpoint.model, getattr(self, "default_shape", None))
             groups.setdefault(shape or Shape(self.resources.cpus_per_worker, 0.0), []).append(task)
         for shape, group in groups.items():
-            yield from self._run_pool(self._pool(shape), group, on_start, stored, references)
+            yield from self._run_pool(self._pool(shape), group, on_start, stored)
 
-    def _run_pool(
-        self, pool: list, tasks: list[UnitTask], on_start, stored, references
-    ) -> Iterator[Outcome]:
+    def _run_pool(self, pool: list, tasks: list[UnitTask], on_start, stored) -> Iterator[Outcome]:
         import ray
 
-        lane = self._lane
-        # The driver may be computing the first of these already: the workers' queue is
-        # what it has not taken, and it takes from the same queue until they are up.
-        queue = lane.share(tasks, references or {}) if lane is not None else deque(tasks)
+        queue = deque(tasks)
         if self._early is not None:
             self._early.stop()
         only = self._only_node()
-        per_actor = 2 if self.resources.prefetch else 1  # its first unit, and its next
-        queued: set[tuple[str, str]] = set()
-
-        def key(task: UnitTask) -> tuple[str, str]:
-            return task.checkpoint.model, task.commit
-
-        def queue_ahead() -> None:
-            """One machine: the next units' checkpoints queue on the node's link now, in the
-            order they will be taken (by the driver while the workers start, then by them)."""
-            if only is None:
-                return
-            count = per_actor * len(pool)
-            upcoming = lane.upcoming(count) if lane is not None else list(queue)[:count]
-            new = [task for task in upcoming if key(task) not in queued]
-            queued.update(map(key, new))
-            ahead = [wanted(task, order=next(self._orders)) for task in new]
+        if only is not None:
+            # One machine: the first units' checkpoints start downloading now, in the order
+            # the units will be taken, while the workers start (seconds of imports).
+            per_actor = 2 if self.resources.prefetch else 1  # its first unit, and its next
+            ahead = [wanted(t, order=next(self._orders)) for t in tasks[: per_actor * len(pool)]]
             if any(ahead):
                 self._downloads_on(only).add.remote([item for item in ahead if item])
-
-        queue_ahead()
         # Where each checkpoint already is: a node's actor takes the units its cache holds.
         # This first call also tells which actors came up: one Ray cannot place is dropped.
         keys = [(t.checkpoint.model, t.commit) for t in tasks if t.checkpoint.source == "hub"]
         asked = {actor.cached.remote(keys): actor for actor in pool}
-        deadline = time.monotonic() + ACTOR_START_S
-        pending = list(asked)
-        # While the workers start, the driver's units go out as they finish.
-        while pending and time.monotonic() < deadline and (queue or self._lane_active()):
-            wait = LANE_POLL_S if self._lane_active() else deadline - time.monotonic()
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.0, wait))
-            yield from self._from_driver()
-            queue_ahead()  # the driver took one: the next one's download goes on the link
-        if not queue:  # the driver took every unit while the workers started: a later wave
-            while self._lane_active():  # may find them still starting, and it goes on then
-                lane.wait(LANE_POLL_S)
-                yield from self._from_driver()
-            return
-        if lane is not None:
-            lane.stop()  # the workers are up (or never will be): they take the rest
+        ready, pending = ray.wait(list(asked), num_returns=len(asked), timeout=ACTOR_START_S)
         for ref in pending:
             ray.kill(asked[ref])
             pool.remove(asked[ref])
@@ -591,6 +512,9 @@ class RayExecutor:
             held.append(set(map(tuple, keys)))
         reserved: dict = {}  # actor index -> the task it downloads now and takes next
         in_flight = {}
+
+        def key(task: UnitTask) -> tuple[str, str]:
+            return task.checkpoint.model, task.commit
 
         def take(index: int) -> UnitTask | None:
             """The next unit for actor ``index``: one its node's cache holds, else one no
@@ -643,16 +567,8 @@ class RayExecutor:
         for index, task in enumerate(firsts):
             if task is not None:
                 submit(index, task)
-        while in_flight or self._lane_active():  # the driver's last unit may still run
-            yield from self._from_driver()
-            if not in_flight:
-                lane.wait(LANE_POLL_S)
-                continue
-            wait = LANE_POLL_S if self._lane_active() else None
-            finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
-            if not finished:
-                continue
-            [ready] = finished
+        while in_flight:
+            [ready], _ = ray.wait(list(in_flight), num_returns=1)
             index, task = in_flight.pop(ready)
             try:
                 outcome = ray.get(ready)
@@ -662,38 +578,10 @@ class RayExecutor:
             # MLflow writes, ~0.1-0.2 s a unit): the worker computes while the driver writes,
             # instead of idling through every persist.
             submit(index)
-            yield self._with_early_download(task, outcome)
-
-    def _lane_active(self) -> bool:
-        return self._lane is not None and self._lane.active
-
-    def _from_driver(self) -> Iterator[Outcome]:
-        """The units the driver finished since the last look, with the download that brought
-        each one's weights: the driver's first downloads', else the node queue's."""
-        if self._lane is None:
-            return
-        import ray
-
-        for task, outcome in self._lane.finished():
-            task, outcome = self._with_early_download(task, outcome)
-            queue = self.downloads.get(self._only_node()) if self.downloads else None
-            if isinstance(outcome, UnitResult) and outcome.prefetch_started_at is None and queue:
-                try:  # None: no download of the node's brought it (cached before the run)
-                    asked = queue.span.remote(task.checkpoint.model, task.commit)
-                    span = ray.get(asked, timeout=SPAN_WAIT_S)
-                except Exception:  # the queue's process died, or still starts: unknown
-                    span = None
-                if span is not None:
-                    outcome.prefetch_started_at, outcome.prefetch_finished_at = span
+            early = self._early.downloads.get(key(task)) if self._early else None
+            if isinstance(outcome, UnitResult) and early and early.finished_at and not early.error:
+                # The driver downloaded it: the node's queue then found it, or only waited on
+                # the hub client's file lock for the end of it. The download is the driver's.
+                outcome.prefetch_started_at = early.started_at
+                outcome.prefetch_finished_at = early.finished_at
             yield task, outcome
-
-    def _with_early_download(self, task: UnitTask, outcome) -> Outcome:
-        """When the driver downloaded the unit's checkpoint before the units started (the
-        node's queue then found it, or only waited on the hub client's file lock for the end
-        of it), the download recorded is the driver's."""
-        key = (task.checkpoint.model, task.commit)
-        early = self._early.downloads.get(key) if self._early else None
-        if isinstance(outcome, UnitResult) and early and early.finished_at and not early.error:
-            outcome.prefetch_started_at = early.started_at
-            outcome.prefetch_finished_at = early.finished_at
-        return task, outcome

@@ -136,15 +136,6 @@ class DownloadQueue:
         download.finished.wait()
         return download
 
-    def span(self, repo: str, commit: str) -> tuple[float, float] | None:
-        """When its finished download of this checkpoint began and ended; None when it has
-        none (never queued, not yet ended, or failed). Never waits, never queues."""
-        with self.changed:
-            download = self.downloads.get((repo, commit))
-            if download is None or download.finished_at is None or download.error:
-                return None
-            return download.started_at, download.finished_at
-
     def stop(self) -> None:
         """Start no new download (the one under way finishes): another queue takes over."""
         with self.changed:

@@ -51,9 +51,6 @@ class NodeDownloads:
     def drop(self, repo: str, commit: str) -> None:
         self.queue.drop(repo, commit)
 
-    def span(self, repo: str, commit: str) -> tuple[float, float] | None:
-        return self.queue.span(repo, commit)
-
     def finished(self, repo: str, commit: str) -> None:
         self.queue.finished(repo, commit)
 

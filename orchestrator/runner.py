@@ -28,7 +28,6 @@ from ckptlab.code_version import code_version
 from ckptlab.errors import one_line
 from ckptlab.home import ckptlab_home
 from ckptlab.lineage import Lineage, Value
-from ckptlab.orchestrator.checkpoints import CheckpointRef
 from ckptlab.orchestrator.executors import Executor
 from ckptlab.orchestrator.placement import unit_bytes
 from ckptlab.orchestrator.plan import Plan, SketchRequest, Unit, build_plan
@@ -106,7 +105,6 @@ def _task(
         plugins=plan.plugins,
         plugin_timeout_s=spec.resources.plugin_timeout_s,
         weight_files=unit.layout.names if unit.layout is not None else None,
-        weight_bytes=unit.layout.bytes if unit.layout is not None else None,
     )
 
 
@@ -368,25 +366,6 @@ class _Lifecycle:
             )
 
 
-def _waves_of(
-    plan: Plan, units: dict[CheckpointRef, Unit], hub_dir: Path, sketch_dir: Path
-) -> tuple[RunSketches, list[UnitTask], list[Unit]]:
-    """The run's sketches (stored ones found), wave 1's tasks: the units that make the missing
-    reference sketches (a reference checkpoint whose own cells are all stored still runs, for
-    its sketch only), and wave 2's units: the rest, whose tasks are built once wave 1 has said
-    which sketches exist."""
-    sketches = RunSketches(sketch_dir, cached_sketches(plan, sketch_dir))
-    requests = sketch_requests(plan, sketches.found)
-    # A reference that cannot run (no weights, not cached, refused) makes no sketch: the
-    # cells that read it fail with its reason; its own cells fail once, as unresolved.
-    for ref in [r for r in requests if units[r].error is not None]:
-        for request in requests.pop(ref):
-            sketches.errors[request.key] = f"({ref.label}: {units[ref].error})"
-    first = [_task(units[ref], plan, hub_dir, {}, found) for ref, found in requests.items()]
-    later = [u for u in plan.todo if _runs(u) and u.checkpoint not in requests]
-    return sketches, first, later
-
-
 def _waves(
     executor: Executor,
     first: list[UnitTask],
@@ -444,19 +423,8 @@ def run_plan(
     units = {u.checkpoint: u for u in plan.units}
     # The first checkpoints start downloading now, where this machine is the node, while
     # Ray and the workers start.
-    try:
-        ahead = [wanted(_task(u, plan, hub_dir, {})) for u in plan.todo if _runs(u)]
-        executor.download_ahead([item for item in ahead if item is not None])
-        sketches, first, later = _waves_of(plan, units, hub_dir, sketch_dir)
-        # Where the workers take seconds to start, this process computes the first units
-        # meanwhile (wave 1's, else wave 2's: with no sketch to wait for, its tasks are final).
-        executor.start_in_driver(
-            first or [_task(u, plan, hub_dir, sketches.errors) for u in later], sketches.found
-        )
-    except BaseException:
-        executor.close()  # a Ray warmed up, downloads begun: nothing outlives the run
-        raise
-    copies = [u for u in plan.todo if u.duplicate_of is not None and u.error is None]
+    ahead = [wanted(_task(u, plan, hub_dir, {})) for u in plan.todo if _runs(u)]
+    executor.download_ahead([item for item in ahead if item is not None])
     with executor:
         # Resource errors surface before anything is written.
         executor.prepare(
@@ -467,6 +435,19 @@ def run_plan(
         console.print(
             f"{executor.description}; {executor.pool_summary()}", highlight=False, soft_wrap=True
         )
+        sketches = RunSketches(sketch_dir, cached_sketches(plan, sketch_dir))
+        requests = sketch_requests(plan, sketches.found)
+        # A reference that cannot run (no weights, not cached, refused) makes no sketch: the
+        # cells that read it fail with its reason; its own cells fail once, as unresolved.
+        for ref in [r for r in requests if units[r].error is not None]:
+            for request in requests.pop(ref):
+                sketches.errors[request.key] = f"({ref.label}: {units[ref].error})"
+        # Wave 1: the units that make the missing reference sketches (a reference checkpoint
+        # whose own cells are all stored still runs, for its sketch only). Wave 2: the rest,
+        # built once wave 1 has said which sketches exist.
+        first = [_task(units[ref], plan, hub_dir, {}, found) for ref, found in requests.items()]
+        later = [u for u in plan.todo if _runs(u) and u.checkpoint not in requests]
+        copies = [u for u in plan.todo if u.duplicate_of is not None and u.error is None]
         # The workers boot (processes, imports: seconds) while the driver sets up the results
         # DB and MLflow below, instead of after it.
         opening = first[0].checkpoint if first else later[0].checkpoint if later else None

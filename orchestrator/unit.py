@@ -38,7 +38,6 @@ class UnitTask:
     plugin_timeout_s: float | None = None  # a plug-in cell's time budget in this unit
     # The plan's weight files of this revision (hub metadata): exactly these are fetched.
     weight_files: tuple[str, ...] | None = None
-    weight_bytes: int | None = None  # their size (None: not listed)
 
 
 @dataclass

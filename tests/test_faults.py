@@ -223,10 +223,7 @@ def reference(workdir, pico_hub, ckptlab_home) -> pl.DataFrame:
 
 
 def test_worker_killed_mid_unit(workdir, reference, ckptlab_home, tmp_path, reliability):
-    # Every unit on the worker: none computed by the driver while the worker starts.
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.replace("{workers: 1}", "{workers: 1, first_units_in_driver: false}"))
-    run = Run(run_args(spec, tmp_path), env_for(ckptlab_home, tmp_path), tmp_path)
+    run = Run(run_args(workdir / "spec.yaml", tmp_path), env_for(ckptlab_home, tmp_path), tmp_path)
     run.wait_for_units(2)
     worker = busy_worker(run)  # Ray titles a worker by the method it is running
     worker.send_signal(signal.SIGKILL)
