@@ -333,8 +333,7 @@ class Spec(Strict):
 
     def resolve(self, path: str | Path) -> Path:
         """A path the spec names, as this process opens it."""
-        path = Path(path)
-        return path if path.is_absolute() else self._folder / path
+        return resolved_paths(Path(path), self._folder)
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from ckptlab.catalog import pico_schedule
 from ckptlab.pico.build import PicoRecipe, build_pico
-from ckptlab.pico.publish import published_revisions, repo_folder
+from ckptlab.pico.publish import published_revisions
+from ckptlab.weights import repo_cache_folder as repo_folder
 
 from conftest import PICO_MAX_STEP, PICO_SIZES
 

@@ -20,10 +20,8 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from ckptlab.hub import cached_commit, content_commit_id
-
-
-def repo_folder(hub_dir: Path, repo: str) -> Path:
-    return hub_dir / f"models--{repo.replace('/', '--')}"
+from ckptlab.weights import repo_cache_folder
+from ckptlab.weights import snapshot_folder as commit_folder
 
 
 def snapshot_folder(hub_dir: Path, repo: str, revision: str) -> Path:
@@ -31,12 +29,12 @@ def snapshot_folder(hub_dir: Path, repo: str, revision: str) -> Path:
     commit = cached_commit(repo, revision, hub_dir)
     if commit is None:
         raise FileNotFoundError(f"{repo}@{revision} is not in {hub_dir}")
-    return repo_folder(hub_dir, repo) / "snapshots" / commit
+    return commit_folder(hub_dir, repo, commit)
 
 
 def publish_revision(hub_dir: Path, repo: str, revision: str, model, tokenizer, metadata: dict):
     hf_logging.disable_progress_bar()
-    root = repo_folder(hub_dir, repo)
+    root = repo_cache_folder(hub_dir, repo)
     (root / "snapshots").mkdir(parents=True, exist_ok=True)
     (root / "refs").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -54,5 +52,5 @@ def publish_revision(hub_dir: Path, repo: str, revision: str, model, tokenizer, 
 
 
 def published_revisions(hub_dir: Path, repo: str) -> set[str]:
-    refs = repo_folder(hub_dir, repo) / "refs"
+    refs = repo_cache_folder(hub_dir, repo) / "refs"
     return {p.name for p in refs.iterdir()} if refs.is_dir() else set()
