@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import polars as pl
 import yaml
 
 from ckptlab.lineage import Lineage, Value
@@ -74,15 +75,19 @@ def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None
             continue
         parent = lineage.start()
         labels = _labels(spec)
+        # The cells the run's plan covered (run_cells), stored ones an earlier run computed
+        # included, as the live run logs them: each MLflow run shows whole curves. Databases
+        # older than run_cells have only the cells the run computed.
         rows = store.query(
             "SELECT ch.model, ch.revision, ch.step, ch.suite, ch.size, ch.seed, c.commit_sha,"
             " ch.tokens_seen, ch.stage, ch.weight_format, ch.duplicate_of,"
             " c.analysis, c.params_json, i.name AS input_set, m.metric, m.layer, m.value,"
-            " m.task, m.shots, m.task_seed FROM metrics m JOIN cells c USING (cell_key)"
+            " m.task, m.shots, m.task_seed, c.run_id FROM metrics m JOIN cells c USING (cell_key)"
             " JOIN checkpoints ch ON ch.commit_sha = c.commit_sha"
             " LEFT JOIN input_sets i ON i.input_set_id = c.input_set_id"
-            " WHERE c.run_id = ? AND m.item IS NULL ORDER BY ch.model, ch.step",
-            [run["run_id"]],
+            " WHERE m.item IS NULL AND (c.run_id = ? OR c.cell_key IN"
+            " (SELECT cell_key FROM run_cells WHERE run_id = ?)) ORDER BY ch.model, ch.step",
+            [run["run_id"], run["run_id"]],
         )
         by_checkpoint: dict[tuple, list[tuple]] = {}
         for r in rows.iter_rows(named=True):
@@ -99,7 +104,8 @@ def sync(store: ResultStore, tracking_uri: str, run_ids: list[str] | None = None
             checkpoint = _Checkpoint(model, revision, step, suite, size, seed, tokens, stage)
             lineage.log_checkpoint(checkpoint, commit, values, fmt, twin)
         counts = {k: run[k] or 0 for k in ("cells_computed", "cells_cached", "cells_failed")}
-        counts |= {"checkpoints": len(by_checkpoint), "metric_rows": rows.height}
+        mine = rows.filter(pl.col("run_id") == run["run_id"]).height  # as the live run counts
+        counts |= {"checkpoints": len(by_checkpoint), "metric_rows": mine}
         lineage.log_report(store.path)
         lineage.finish((run["status"] or "finished").upper(), counts)
         if lineage.pending:

@@ -281,6 +281,55 @@ def test_changed_parameter_recomputes_only_its_cells(first_run, pico_hub):
     assert dropped == pytest.approx(gram_mean_pairwise_cosine(h0), abs=1e-5)
 
 
+def mlflow_curves(uri: str, experiment: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """model run name -> metric key -> its (step, value) points, as MLflow holds them."""
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == len(children) + 1  # one parent run
+    return {
+        child.data.tags["mlflow.runName"]: {
+            key: sorted(
+                (m.step, m.value) for m in client.get_metric_history(child.info.run_id, key)
+            )
+            for key in child.data.metrics
+        }
+        for child in children
+    }
+
+
+def test_sync_logs_what_the_live_run_logged(first_run, pico_hub, tmp_path):
+    """A run whose spec covers cells an earlier run computed logs them too (whole curves);
+    `ckptlab sync` of that run into another MLflow store logs the very same points."""
+    from ckptlab.orchestrator.executors import InlineExecutor
+    from ckptlab.sync import sync
+
+    db = tmp_path / "r.duckdb"
+    shutil.copyfile(first_run[0], db)
+    spec_dict = {
+        **SPEC,
+        "name": "resync",
+        "models": [{"suite": "pico", "sizes": ["xs"], "steps": [0, 4]}],
+        "analyses": [{"name": "saturation"}, {"name": "dispersion"}],
+    }
+    spec = parse_spec(spec_dict)
+    plan = make_plan(spec, db, pico_hub)
+    live = f"sqlite:///{tmp_path / 'live.db'}"
+    summary = run_plan(
+        plan, yaml.safe_dump(spec_dict), db, live, pico_hub, InlineExecutor(spec.resources),
+        Console(file=io.StringIO()),
+    )  # fmt: skip
+    # saturation is stored from the first run; dispersion is new.
+    assert (summary.cells_cached, summary.cells_computed) == (2 * 2, 2 * 2)
+    synced = f"sqlite:///{tmp_path / 'synced.db'}"
+    assert sync(ResultStore(db), synced, [summary.run_id]) == [summary.run_id]
+    curves = mlflow_curves(live, "resync")
+    assert sorted(curves) == ["pico/pico-xs"]
+    assert "prose/cross_entropy" in curves["pico/pico-xs"]  # a stored cell's metric
+    assert all([s for s, _ in points] == [0, 4] for points in curves["pico/pico-xs"].values())
+    assert mlflow_curves(synced, "resync") == curves
+
+
 def test_failing_checkpoints_are_recorded_and_the_others_finish(tmp_path, pico_hub, ray_session):
     from huggingface_hub import snapshot_download
 
