@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from ckptlab.catalog import pico_schedule
 from ckptlab.pico.build import PicoRecipe, build_pico
 from ckptlab.pico.publish import published_revisions
-from ckptlab.weights import repo_cache_folder as repo_folder
+from ckptlab.weights import repo_cache_folder
 
 from conftest import PICO_MAX_STEP, PICO_SIZES
 
@@ -24,7 +24,7 @@ def test_every_scheduled_step_is_published_with_a_clean_ref(pico_hub):
         assert published_revisions(pico_hub, repo) == {
             f"step{s}" for s in pico_schedule(PICO_MAX_STEP)
         }
-        for ref in (repo_folder(pico_hub, repo) / "refs").iterdir():
+        for ref in (repo_cache_folder(pico_hub, repo) / "refs").iterdir():
             # A trailing newline breaks snapshot_download: exactly 40 hex characters.
             assert re.fullmatch(r"[0-9a-f]{40}", ref.read_text()), ref
 
@@ -33,7 +33,7 @@ def test_the_hub_code_path_loads_revisions_offline(pico_hub):
     folder = snapshot_download(
         "pico/pico-s", revision="step64", cache_dir=pico_hub, local_files_only=True
     )
-    ref = (repo_folder(pico_hub, "pico/pico-s") / "refs" / "step64").read_text()
+    ref = (repo_cache_folder(pico_hub, "pico/pico-s") / "refs" / "step64").read_text()
     assert folder.endswith(ref)
     model = AutoModelForCausalLM.from_pretrained(
         "pico/pico-s", revision="step64", cache_dir=pico_hub, local_files_only=True
@@ -68,7 +68,7 @@ def test_builds_are_deterministic_and_skip_what_is_published(tmp_path):
     assert first[0].built and not again[0].built
 
     def refs(hub):
-        folder = repo_folder(hub, "pico/pico-xs") / "refs"
+        folder = repo_cache_folder(hub, "pico/pico-xs") / "refs"
         return {p.name: p.read_text() for p in folder.iterdir()}
 
     assert refs(tmp_path / "a") == refs(tmp_path / "b")
@@ -79,6 +79,6 @@ def test_builds_are_deterministic_and_skip_what_is_published(tmp_path):
 def test_seeds_are_separate_repos_with_different_weights(tmp_path, seed):
     recipe = PicoRecipe(max_step=1, code_bytes=100_000)
     build_pico(tmp_path, ("xs",), (0, seed), recipe)
-    zero = (repo_folder(tmp_path, "pico/pico-xs") / "refs" / "step1").read_text()
-    other = (repo_folder(tmp_path, f"pico/pico-xs-seed{seed}") / "refs" / "step1").read_text()
+    zero = (repo_cache_folder(tmp_path, "pico/pico-xs") / "refs" / "step1").read_text()
+    other = (repo_cache_folder(tmp_path, f"pico/pico-xs-seed{seed}") / "refs" / "step1").read_text()
     assert zero != other

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+from ckptlab import weights
 from ckptlab.hub import cached_commit, content_commit_id
 from ckptlab.weights import repo_cache_folder
-from ckptlab.weights import snapshot_folder as commit_folder
 
 
 def snapshot_folder(hub_dir: Path, repo: str, revision: str) -> Path:
@@ -29,7 +29,7 @@ def snapshot_folder(hub_dir: Path, repo: str, revision: str) -> Path:
     commit = cached_commit(repo, revision, hub_dir)
     if commit is None:
         raise FileNotFoundError(f"{repo}@{revision} is not in {hub_dir}")
-    return commit_folder(hub_dir, repo, commit)
+    return weights.snapshot_folder(hub_dir, repo, commit)
 
 
 def publish_revision(hub_dir: Path, repo: str, revision: str, model, tokenizer, metadata: dict):
